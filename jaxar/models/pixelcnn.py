@@ -1,0 +1,132 @@
+"""PixelCNN (van den Oord et al., 2016, "Pixel Recurrent Neural Networks").
+
+Two architectures share the masked convolutions of `jaxar.layers`:
+
+* "residual" (the paper's): a mask-A 7x7 input convolution to 2h features,
+  residual blocks 2h -> h (1x1) -> h (masked k x k, dilated) -> 2h (1x1), and
+  a 1x1 output head.
+* "plain" (the seed survey's network): a mask-A convolution followed by
+  mask-B convolutions of the same size with ReLU between them; the last one
+  outputs the likelihood parameters.
+
+Normalization: "none" (default) or "batch". BatchNorm in training mode
+normalizes with statistics over the whole batch and all positions, so the
+output at a pixel depends on pixels after it: the training loss is then not
+the loss of an autoregressive model (`tests/test_models.py` shows the leak).
+In eval mode it uses running averages and is causal.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from jaxar import distributions, layers
+from jaxar.models import common
+
+
+class PixelCNN(nn.Module):
+    event_shape: tuple[int, int, int]
+    num_levels: int
+    likelihood_name: str = "categorical"
+    architecture: str = "residual"
+    features: int = 64
+    num_layers: int = 7
+    kernel_size: int = 3
+    input_kernel_size: int = 7
+    dilations: tuple[int, ...] = (1, 2, 1, 3, 1, 2, 1)
+    head_features: int = 128
+    norm: str = "none"
+    num_classes: int = 0
+
+    @property
+    def likelihood(self):
+        return distributions.make_likelihood(self.likelihood_name, self.num_levels)
+
+    def ordering(self):
+        return common.raster_ordering(self.event_shape)
+
+    def _conv(self, features, kernel, mask_type="B", dilation=1, out_blocks=1):
+        return layers.MaskedConv2D(
+            features,
+            kernel,
+            mask_type,
+            dilation,
+            num_groups=self.event_shape[-1],
+            out_blocks=out_blocks,
+        )
+
+    def _norm(self, y, train):
+        if self.norm == "batch":
+            return nn.BatchNorm(use_running_average=not train)(y)
+        return y
+
+    @nn.compact
+    def __call__(self, x, labels=None, cond=None, train: bool = False):
+        """Likelihood parameters `[B, H, W, C, F]`."""
+        del cond
+        batch, height, width, channels = x.shape
+        num_params = self.likelihood.num_params()
+        out_features = channels * num_params
+        h = layers.scale_to_unit(x, self.num_levels)
+        label_BK = layers.one_hot_labels(labels, self.num_classes)
+        if self.architecture == "plain":
+            h = self._conv(self.features, self.input_kernel_size, "A")(h)
+            for _ in range(self.num_layers):
+                h = nn.relu(self._norm(h, train))
+                h = self._conv(self.features, self.input_kernel_size)(h)
+                h = _add_label_bias(h, label_BK)
+            out = self._conv(out_features, self.input_kernel_size)(nn.relu(h))
+        else:
+            h = self._conv(2 * self.features, self.input_kernel_size, "A")(h)
+            for dilation in self.dilations[: self.num_layers]:
+                h = h + self._residual_block(h, label_BK, dilation, train)
+            h = self._conv(self.head_features, 1)(nn.relu(h))
+            out = self._conv(out_features, 1)(nn.relu(h))
+        return out.reshape(batch, height, width, channels, num_params)
+
+    def _residual_block(self, h, label_BK, dilation, train):
+        y = self._conv(self.features, 1)(nn.relu(self._norm(h, train)))
+        y = self._conv(self.features, self.kernel_size, dilation=dilation)(nn.relu(y))
+        y = _add_label_bias(self._norm(y, train), label_BK)
+        return self._conv(2 * self.features, 1)(nn.relu(y))
+
+
+def _add_label_bias(h, label_BK):
+    if label_BK is None:
+        return h
+    return h + nn.Dense(h.shape[-1], use_bias=False)(label_BK)[:, None, None, :]
+
+
+def from_config(model_cfg, shape, num_levels) -> PixelCNN:
+    shape = common.check_event_shape("pixelcnn", shape, 3)
+    architecture = model_cfg.get("architecture", "residual")
+    if architecture not in ("residual", "plain"):
+        raise ValueError(f"model.architecture must be 'residual' or 'plain', got {architecture!r}")
+    norm = model_cfg.get("norm", "none")
+    if norm not in ("none", "batch"):
+        raise ValueError(f"model.norm must be 'none' or 'batch', got {norm!r}")
+    dilations = tuple(model_cfg.get("dilations", (1, 2, 1, 3, 1, 2, 1)))
+    num_layers = model_cfg.get("num_layers", len(dilations))
+    if architecture == "residual" and num_layers > len(dilations):
+        raise ValueError(
+            f"model.num_layers={num_layers} needs as many model.dilations, got {dilations}"
+        )
+    layers.check_kernel_sizes(
+        [model_cfg.get("kernel_size", 3), model_cfg.get("input_kernel_size", 7)],
+        "model.kernel_size / model.input_kernel_size",
+    )
+    return PixelCNN(
+        event_shape=shape,
+        num_levels=num_levels,
+        likelihood_name=model_cfg.get("likelihood", "categorical"),
+        architecture=architecture,
+        features=model_cfg.get("features", 64),
+        num_layers=num_layers,
+        kernel_size=model_cfg.get("kernel_size", 3),
+        input_kernel_size=model_cfg.get("input_kernel_size", 7),
+        dilations=dilations,
+        head_features=model_cfg.get("head_features", 128),
+        norm=norm,
+        num_classes=model_cfg.get("num_classes", 0),
+    )
+

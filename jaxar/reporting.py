@@ -1,0 +1,81 @@
+"""What a run writes for people to read: metrics.jsonl, TensorBoard events, sample grids."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to `metrics.jsonl`, mirrored to TensorBoard.
+
+    Only process 0 writes; the other hosts get a writer that does nothing.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 (heavy import, process 0 only)
+
+            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for name, value in metrics.items():
+            self._tb.add_scalar(name, float(value), int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, in order."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def image_grid(x: np.ndarray, num_levels: int, image_shape=None, cols: int | None = None):
+    """Tiles integer samples `[N, *event]` into one uint8 image `[rows*H, cols*W, C]`.
+
+    Sequences are shown as images of `image_shape` (e.g. (28, 28, 1) for a
+    flattened digit); values are scaled from [0, num_levels) to [0, 255].
+    """
+    x = np.asarray(x)
+    if image_shape is not None:
+        x = x.reshape(x.shape[0], *image_shape)
+    if x.ndim == 2:  # [N, L] without an image shape: one row per sequence
+        x = x[:, None, :, None]
+    if x.ndim == 3:
+        x = x[..., None]
+    n, h, w, c = x.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pixels = (x.astype(np.float32) * 255.0 / (num_levels - 1)).round().astype(np.uint8)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 128, np.uint8)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pixels[k]
+    return grid
+
+
+def save_image_grid(path, x, num_levels, image_shape=None, cols=None, scale: int = 4) -> None:
+    """Writes `image_grid(...)` as a PNG, nearest-neighbour upscaled `scale` times."""
+    grid = image_grid(x, num_levels, image_shape, cols)
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    image.save(path)
