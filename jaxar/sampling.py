@@ -57,9 +57,10 @@ def sample(
     common.check_cond(model, cond, num_samples)
     known, known_mask = _check_completion(model, num_samples, known, known_mask)
     temperature = jnp.float32(temperature)
-    if method == "naive" or not has_cache:
-        return _naive(model, variables, key, labels, cond, temperature, known, known_mask)
-    return model.cached_sampler(variables, key, labels, cond, temperature, known, known_mask)
+    with common.rng_context():
+        if method == "naive" or not has_cache:
+            return _naive(model, variables, key, labels, cond, temperature, known, known_mask)
+        return model.cached_sampler(variables, key, labels, cond, temperature, known, known_mask)
 
 
 def _check_completion(model, num_samples, known, known_mask):

@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxar import checkpoint, data, reporting, sampling
 from jaxar import models as models_lib
+from jaxar.models.common import rng_context
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,8 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir):
     progress = _progress(start, t.num_steps)
     window, tic, pending = [], time.perf_counter(), None
     for step in range(start + 1, t.num_steps + 1):
-        state, metrics = trainer.train_step(state, trainer.device_batch(next(train_iter)))
+        with rng_context():
+            state, metrics = trainer.train_step(state, trainer.device_batch(next(train_iter)))
         if pending is not None:  # fetching the previous step's metrics overlaps this one
             window.append(_check_finite(*pending))
         pending = (step, metrics)

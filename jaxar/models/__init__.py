@@ -48,7 +48,8 @@ def init_variables(model, cfg, key, x=None, labels=None, cond=None):
     if cond is None:
         cond = default_cond(model, x)
     common.check_inputs(model, x, labels, cond)
-    return _init(model, param_key, x, labels, cond)
+    with common.rng_context():
+        return _init(model, param_key, x, labels, cond)
 
 
 @functools.partial(jax.jit, static_argnums=0)
