@@ -41,6 +41,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     cfg.eval = ml_collections.ConfigDict()
     cfg.eval.batch_size = 250
+    cfg.eval.ensemble_masks = 1  # MADE: average p(x) over this many mask sets at test time
     return cfg
 
 

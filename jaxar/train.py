@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxar import checkpoint, data, reporting, sampling
 from jaxar import models as models_lib
+from jaxar.models import made
 from jaxar.models.common import rng_context
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,21 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float):
         rng=rng,
         batch_stats=batch_stats,
     )
-    metrics = {"train/bpd": loss, "train/nll_nats": nll, "train/grad_norm": optax.global_norm(grads)}
+    metrics = {"train/bpd": loss, "train/nll_nats": nll, "train/grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
 
-def eval_step(params, batch_stats, batch, *, model):
-    """Sums of masked NLL (nats) and of the mask over one padded eval batch."""
-    nll, _ = nll_nats(model, params, batch_stats, batch)
+def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
+    """Sums of masked NLL (nats) and of the mask over one padded eval batch.
+
+    `ensemble_masks > 1` (MADE) scores the mean probability over that many mask sets.
+    """
+    if ensemble_masks > 1:
+        labels = batch["labels"] if model.num_classes else None
+        lp = made.ensemble_log_prob(model, {"params": params}, batch["x"], labels, ensemble_masks)
+        nll = -lp
+    else:
+        nll, _ = nll_nats(model, params, batch_stats, batch)
     return {"nll_sum": (nll * batch["mask"]).sum(), "count": batch["mask"].sum()}
 
 
@@ -144,7 +153,9 @@ class Trainer:
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
-            functools.partial(eval_step, model=model),
+            functools.partial(
+                eval_step, model=model, ensemble_masks=cfg.eval.get("ensemble_masks", 1)
+            ),
             in_shardings=(self.replicated, self.replicated, self.batch_sharding),
             out_shardings=self.replicated,
         )
