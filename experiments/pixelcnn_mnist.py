@@ -10,7 +10,8 @@ Variants (`--config experiments/pixelcnn_mnist.py:VARIANT`):
   paper    van den Oord et al. (2016): 15 residual blocks of h=64 (2h=128 features),
            3x3 masked convs, Bernoulli, on TFDS `binarized_mnist`; published NLL 81.30
            nats (eval/nll_nats). Needs prepared TFDS data (README, "Data").
-           python -m jaxar.main --config experiments/pixelcnn_mnist.py:paper --workdir runs/pixelcnn_paper
+           python -m jaxar.main --config experiments/pixelcnn_mnist.py:paper \
+               --workdir runs/pixelcnn_paper
 """
 
 from experiments import base

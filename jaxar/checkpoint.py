@@ -12,7 +12,6 @@ import json
 import logging
 import pathlib
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -74,6 +73,31 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(state):
-    """ShapeDtypeStructs (with shardings) describing `state`, for restoring into it."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+def load_run(workdir: str | pathlib.Path, step: int | None = None):
+    """`(cfg, model, variables, step)` of a training run, for sampling or evaluation.
+
+    Reads the config saved in the workdir and the EMA parameters (plus BatchNorm
+    statistics, if any) of checkpoint `step` (the latest when None).
+    """
+    from jaxar import models  # noqa: PLC0415 (models import this module's users)
+
+    workdir = pathlib.Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"workdir {str(workdir)!r} holds no config.json: not a jaxar run")
+    cfg = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    cfg.data.shape = tuple(cfg.data.shape)
+    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints")
+    steps = manager.all_steps()
+    if not steps:
+        raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = state["state"]
+    manager.close()
+    variables = {"params": state["ema_params"]}
+    if state.get("batch_stats"):
+        variables["batch_stats"] = state["batch_stats"]
+    return cfg, models.build_model(cfg), variables, step

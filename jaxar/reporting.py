@@ -68,7 +68,8 @@ def image_grid(x: np.ndarray, num_levels: int, image_shape=None, cols: int | Non
     grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 128, np.uint8)
     for k in range(n):
         r, q = divmod(k, cols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pixels[k]
+        top, left = 1 + r * (h + 1), 1 + q * (w + 1)
+        grid[top : top + h, left : left + w] = pixels[k]
     return grid
 
 

@@ -171,6 +171,14 @@ class Trainer:
         state = create_train_state(self.model, self.cfg, key, batch)
         return jax.device_put(state, self.replicated)
 
+    def abstract_state(self, key, batch) -> TrainState:
+        """Shapes, dtypes and shardings of `init_state(key, batch)`, computing nothing."""
+        shapes = jax.eval_shape(functools.partial(create_train_state, self.model, self.cfg), key,
+                                batch)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes
+        )
+
     def evaluate(self, state: TrainState, test_split) -> dict[str, float]:
         """Test-set bits/dim (and nats per example) of the EMA params, exact over the split."""
         total, count = 0.0, 0.0
@@ -223,10 +231,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
     trainer = Trainer(model, cfg)
     ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
 
-    init_batch = train_iter.split.get(np.arange(min(cfg.train.init_batch_size, len(train_iter.split))))
-    state = trainer.init_state(jax.random.PRNGKey(cfg.seed), init_batch)
-    restored = ckpt.restore_latest(checkpoint.abstract_like(state))
-    if restored is not None:
+    key = jax.random.PRNGKey(cfg.seed)
+    init_count = min(cfg.train.init_batch_size, len(train_iter.split))
+    init_batch = train_iter.split.get(np.arange(init_count))
+    restored = ckpt.restore_latest(trainer.abstract_state(key, init_batch))
+    if restored is None:
+        state = trainer.init_state(key, init_batch)
+    else:
         state, data_state, step = restored
         train_iter.set_state(data_state)
         if is_main:

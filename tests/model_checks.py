@@ -39,7 +39,10 @@ def random_variables(model, cfg, seed=0, scale=0.3):
     def perturb(variables, key):
         leaves, tree = jax.tree.flatten(variables)
         keys = jax.random.split(key, len(leaves))
-        noisy = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+        noisy = [
+            x + scale * jax.random.normal(k, x.shape, x.dtype)
+            for x, k in zip(leaves, keys, strict=True)
+        ]
         return jax.tree.unflatten(tree, noisy)
 
     with common.rng_context():
@@ -102,7 +105,7 @@ def chi_square_statistic(samples, probs) -> tuple[float, int]:
 
 
 def input_index(x, num_levels) -> np.ndarray:
-    """Index of each x in `all_inputs` order (base-num_levels number, first dim most significant)."""
+    """Index of each x in `all_inputs` order (first dimension most significant)."""
     flat = np.asarray(x).reshape(x.shape[0], -1).astype(np.int64)
     weights = num_levels ** np.arange(flat.shape[1] - 1, -1, -1, dtype=np.int64)
     return flat @ weights

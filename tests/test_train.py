@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import jaxar
-from jaxar import data, train
+from jaxar import checkpoint, data, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*_*.py"))
@@ -113,3 +113,12 @@ def test_cli_trains_writes_files_and_resumes(tmp_path):
     assert grid.ndim == 2 and grid.shape[0] > 8 * 2
     again = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
     assert "resumed from the checkpoint at step 4" in again.stdout
+
+    cfg, model, variables, step = checkpoint.load_run(workdir)
+    assert step == 4 and cfg.model.name == "gated_pixelcnn"
+    xs = jaxar.sample(model, variables, jax.random.key(0), 3)
+    assert xs.shape == (3, 8, 8, 1)
+    with pytest.raises(ValueError, match="step must be one of"):
+        checkpoint.load_run(workdir, step=5)
+    with pytest.raises(ValueError, match="no config.json"):
+        checkpoint.load_run(tmp_path)

@@ -1,4 +1,4 @@
-"""Gated PixelCNN (van den Oord et al., 2016, "Conditional Image Generation with PixelCNN Decoders").
+"""Gated PixelCNN (van den Oord et al., 2016: Conditional Image Generation with PixelCNN Decoders).
 
 A vertical stack (rows above, by padding and cropping) and a horizontal stack
 (the current row to the left) replace the masked convolution, which removes

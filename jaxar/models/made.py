@@ -21,7 +21,7 @@ from jaxar import distributions, layers
 from jaxar.models import common
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mask_sets(
     num_dims: int, hidden: tuple[int, ...], num_masks: int, ordering: str, seed: int
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -41,10 +41,10 @@ def mask_sets(
         # A hidden unit of degree m may see inputs with step <= m; output d sees units
         # with degree < step_d. Degrees >= D-1 would feed no output, so they are not drawn.
         prev = step_D
-        for l, width in enumerate(hidden):
+        for layer, width in enumerate(hidden):
             low = int(prev.min())
             degree = rng.integers(low, max(num_dims - 1, low + 1), size=width)
-            layer_masks[l].append(prev[:, None] <= degree[None, :])
+            layer_masks[layer].append(prev[:, None] <= degree[None, :])
             prev = degree
         layer_masks[-1].append(prev[:, None] < step_D[None, :])
     stacked = tuple(np.stack(m).astype(np.float32) for m in layer_masks)
@@ -87,8 +87,8 @@ class MADE(nn.Module):
         batch = x.shape[0]
         h = layers.scale_to_unit(x.reshape(batch, self.num_dims), self.num_levels)
         label_BK = layers.one_hot_labels(labels, self.num_classes)
-        for l, width in enumerate(self.hidden):
-            h = layers.MaskedDense(width)(h, jnp.asarray(masks[l])[mask_index])
+        for layer, width in enumerate(self.hidden):
+            h = layers.MaskedDense(width)(h, jnp.asarray(masks[layer])[mask_index])
             if label_BK is not None:
                 h = h + nn.Dense(width, use_bias=False)(label_BK)
             h = nn.relu(h)
@@ -122,7 +122,9 @@ def from_config(model_cfg, shape, num_levels) -> MADE:
     return MADE(
         event_shape=common.check_event_shape("made", shape, (1, 2, 3)),
         num_levels=num_levels,
-        likelihood_name=model_cfg.get("likelihood", "bernoulli" if num_levels == 2 else "categorical"),
+        likelihood_name=model_cfg.get(
+            "likelihood", "bernoulli" if num_levels == 2 else "categorical"
+        ),
         hidden=tuple(model_cfg.get("hidden", (512, 512, 512))),
         ordering_name=model_cfg.get("ordering", "raster"),
         num_masks=model_cfg.get("num_masks", 1),
