@@ -107,7 +107,10 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float):
     (loss, (nll, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    # The average warms up as in tf.train.ExponentialMovingAverage(num_updates=step), so a
+    # short run is not dominated by its random initialization.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
