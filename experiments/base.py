@@ -51,3 +51,35 @@ def pick_variant(arg, variants: dict, default: str):
     if name not in variants:
         raise ValueError(f"config variant must be one of {sorted(variants)}, got {name!r}")
     return variants[name]()
+
+
+def smoke(cfg: ml_collections.ConfigDict, shape=(8, 8, 1)) -> ml_collections.ConfigDict:
+    """Tiny synthetic `stripes` data and a 6-step run that still logs, evaluates, samples
+    and checkpoints (twice): the variant tests train in seconds."""
+    cfg.data.source = "synthetic"
+    cfg.data.name = "stripes"
+    cfg.data.shape = tuple(shape)
+    cfg.data.num_train = 64
+    cfg.data.num_test = 32
+    cfg.train.update(
+        num_steps=6, batch_size=8, init_batch_size=8, log_every_steps=2, eval_every_steps=3,
+        sample_every_steps=6, checkpoint_every_steps=3, num_samples=4,
+    )
+    cfg.eval.batch_size = 16
+    return cfg
+
+
+def seed_survey_training(
+    cfg: ml_collections.ConfigDict, epochs: int, learning_rate: float
+) -> ml_collections.ConfigDict:
+    """The seed survey's training: TFDS MNIST thresholded at 0.5, batch 128, plain Adam
+    (no clipping, no averaging), `epochs` passes over the 60,000 training images."""
+    steps_per_epoch = 60000 // 128
+    cfg.data.source = "tfds"
+    cfg.data.name = "mnist"
+    cfg.train.update(
+        batch_size=128, num_steps=epochs * steps_per_epoch, learning_rate=learning_rate,
+        lr_decay=1.0, grad_clip=0.0, ema_decay=0.0, eval_every_steps=steps_per_epoch,
+        checkpoint_every_steps=steps_per_epoch, sample_every_steps=5 * steps_per_epoch,
+    )
+    return cfg

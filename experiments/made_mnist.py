@@ -35,44 +35,20 @@ def _default():
 
 
 def _smoke():
-    cfg = _default()
-    cfg.data.source = "synthetic"
-    cfg.data.name = "stripes"
-    cfg.data.shape = (6, 6, 1)
-    cfg.data.num_train = 64
-    cfg.data.num_test = 32
+    cfg = base.smoke(_default(), shape=(6, 6, 1))
     cfg.model.hidden = (32,)
     cfg.model.num_masks = 2
     cfg.eval.ensemble_masks = 2
-    cfg.eval.batch_size = 16
-    cfg.train.num_steps = 6
-    cfg.train.batch_size = 8
-    cfg.train.init_batch_size = 8
-    cfg.train.log_every_steps = 2
-    cfg.train.eval_every_steps = 3
-    cfg.train.sample_every_steps = 6
-    cfg.train.checkpoint_every_steps = 3
-    cfg.train.num_samples = 4
     return cfg
 
 
 def _seed():
-    cfg = base.get_base_config()
-    cfg.data.source = "tfds"
-    cfg.data.name = "mnist"
+    cfg = base.seed_survey_training(base.get_base_config(), epochs=20, learning_rate=1e-2)
     cfg.model.name = "made"
     cfg.model.likelihood = "bernoulli"
     cfg.model.hidden = (512, 512, 512)
     cfg.model.ordering = "raster"
     cfg.model.num_masks = 1
-    cfg.train.batch_size = 128
-    cfg.train.num_steps = 20 * (60000 // 128)  # 20 epochs
-    cfg.train.learning_rate = 1e-2
-    cfg.train.grad_clip = 0.0
-    cfg.train.ema_decay = 0.0
-    cfg.train.eval_every_steps = 60000 // 128
-    cfg.train.checkpoint_every_steps = 60000 // 128
-    cfg.train.sample_every_steps = 5 * (60000 // 128)
     return cfg
 
 

@@ -40,46 +40,22 @@ def _default():
 
 
 def _smoke():
-    cfg = _default()
-    cfg.data.source = "synthetic"
-    cfg.data.name = "stripes"
-    cfg.data.shape = (8, 8, 1)
-    cfg.data.num_train = 64
-    cfg.data.num_test = 32
+    cfg = base.smoke(_default())
     cfg.model.features = 4
     cfg.model.num_layers = 2
     cfg.model.head_features = 8
     cfg.model.input_kernel_size = 3
-    cfg.train.num_steps = 6
-    cfg.train.batch_size = 8
-    cfg.train.init_batch_size = 8
-    cfg.train.log_every_steps = 2
-    cfg.train.eval_every_steps = 3
-    cfg.train.sample_every_steps = 6
-    cfg.train.checkpoint_every_steps = 3
-    cfg.train.num_samples = 4
-    cfg.eval.batch_size = 16
     return cfg
 
 
 def _seed():
-    cfg = base.get_base_config()
-    cfg.data.source = "tfds"
-    cfg.data.name = "mnist"
+    cfg = base.seed_survey_training(base.get_base_config(), epochs=21, learning_rate=2e-4)
     cfg.model.name = "pixelcnn"
     cfg.model.likelihood = "bernoulli"
     cfg.model.architecture = "plain"
     cfg.model.features = 64
     cfg.model.num_layers = 3
     cfg.model.input_kernel_size = 7
-    cfg.train.batch_size = 128
-    cfg.train.num_steps = 21 * (60000 // 128)  # 21 epochs
-    cfg.train.learning_rate = 2e-4
-    cfg.train.grad_clip = 0.0  # the survey does not clip
-    cfg.train.ema_decay = 0.0  # nor average: evaluate the raw params
-    cfg.train.eval_every_steps = 60000 // 128
-    cfg.train.checkpoint_every_steps = 60000 // 128
-    cfg.train.sample_every_steps = 5 * (60000 // 128)
     return cfg
 
 
