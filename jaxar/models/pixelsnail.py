@@ -1,0 +1,232 @@
+"""PixelSNAIL (Chen et al., 2018): gated residual convolutions interleaved with causal attention.
+
+Each of `num_blocks` blocks runs `num_resnets` gated resnets on the pixel
+stream, then one causal multi-head self-attention: keys and values come from
+the block input concatenated with the image itself and two background
+(position) features, queries from the block input and the background; the
+attention result enters a last gated resnet as its auxiliary input. No
+down-sampling ("noup"); small keys, as in the released CIFAR-10 model.
+
+Orderings: a pixel ordering (raster, zigzag or any permutation) fixes which
+pixels each pixel may attend to: those generated strictly before it. The
+convolutional parts must respect it too:
+
+* raster: PixelCNN++'s up-left stream and 2x2 down-right-shifted
+  convolutions (as released), which see exactly the raster-earlier pixels;
+* any other ordering: no spatial convolution can follow it, so the stream
+  starts from the previous pixel *in generation order* (the input shifted
+  by one step, through a 1x1 layer) and the gated resnets use 1x1 layers;
+  all spatial context then comes through attention.
+
+The network output at a pixel never sees that pixel, so the channels of a
+pixel are generated R, G, B through the discretized logistic mixture and
+`ordering()` gives sub-pixel steps `pixel_step * C + c`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxar import distributions, layers
+from jaxar import shifted_layers as sl
+from jaxar.models import common, pixelcnn_pp_cache, pixelsnail_cache
+from jaxar.models.pixelcnn_pp import check_dropout_rate
+
+ORDERINGS = ("raster", "zigzag", "custom")
+
+
+@functools.cache
+def pixel_steps(name: str, height: int, width: int, pixel_order: tuple[int, ...] = ()):
+    """Generation step of every pixel, int array `[H, W]`.
+
+    raster: row by row. zigzag: along anti-diagonals i + j = s, alternating
+    direction as in JPEG ((0,0), (0,1), (1,0), (2,0), (1,1), (0,2), ...).
+    custom: `pixel_order` lists the flat pixel index (i * W + j) generated at
+    each step, a permutation of range(H * W).
+    """
+    size = height * width
+    if name == "raster":
+        order = np.arange(size)
+    elif name == "zigzag":
+        i, j = np.indices((height, width)).reshape(2, -1)
+        diagonal = i + j
+        order = np.lexsort((np.where(diagonal % 2 == 1, i, -i), diagonal))
+    elif name == "custom":
+        order = np.asarray(pixel_order, np.int64)
+        if sorted(order.tolist()) != list(range(size)):
+            raise ValueError(
+                f"model.pixel_order must be a permutation of range({size}) (flat pixel "
+                f"indices in generation order), got {list(pixel_order)[:8]}..."
+            )
+    else:
+        raise ValueError(f"model.ordering must be one of {ORDERINGS}, got {name!r}")
+    steps = np.empty(size, np.int32)
+    steps[order] = np.arange(size)
+    steps = steps.reshape(height, width)
+    steps.setflags(write=False)  # shared by every caller through the cache
+    return steps
+
+
+def shift_in_order(x_BHWC: jax.Array, steps_HW: np.ndarray) -> jax.Array:
+    """Each pixel receives the pixel generated one step before it (zeros for the first).
+
+    Output at pixel p can NOT see any pixel but the one at step `steps[p] - 1`.
+    """
+    batch, height, width, channels = x_BHWC.shape
+    flat_steps = steps_HW.ravel()
+    order = np.argsort(flat_steps)  # pixel generated at each step
+    previous = order[np.maximum(flat_steps - 1, 0)]
+    x_BNC = x_BHWC.reshape(batch, height * width, channels)[:, previous]
+    x_BNC = jnp.where((flat_steps > 0)[None, :, None], x_BNC, 0.0)
+    return x_BNC.reshape(x_BHWC.shape)
+
+
+def causal_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW: np.ndarray, num_heads: int):
+    """Multi-head attention of every pixel over the pixels generated strictly before it.
+
+    Output at pixel p can NOT see keys or values of pixel p itself or of any
+    pixel generated after it; the first pixel attends to nothing and gets 0.
+    """
+    batch, height, width, _ = q_BHWK.shape
+    n = height * width
+    heads = lambda a: a.reshape(batch, n, num_heads, a.shape[-1] // num_heads)
+    q, k, v = heads(q_BHWK), heads(k_BHWK), heads(v_BHWV)
+    logits_BHNM = jnp.einsum("bnhd,bmhd->bhnm", q, k) / q.shape[-1] ** 0.5  # keeps q's dtype
+    flat = steps_HW.ravel()
+    visible_NM = flat[:, None] > flat[None, :]
+    weights = jax.nn.softmax(jnp.where(visible_NM, logits_BHNM, -1e30), axis=-1)
+    weights = weights * visible_NM.any(axis=1)[:, None]  # no earlier pixel: attend to nothing
+    out_BNHD = jnp.einsum("bhnm,bmhd->bnhd", weights, v)
+    return out_BNHD.reshape(batch, height, width, -1)
+
+
+class _unwrapped_property(property):  # noqa: N801 (used as a decorator, like property)
+    """A property that flax does not wrap, so its AttributeError reaches `hasattr`."""
+
+    nowrap = True
+
+
+class PixelSNAIL(nn.Module):
+    event_shape: tuple[int, int, int]
+    num_levels: int
+    features: int = 256
+    num_blocks: int = 12
+    num_resnets: int = 5
+    key_features: int = 16
+    value_features: int = 128
+    num_heads: int = 1
+    num_mixtures: int = 10
+    dropout_rate: float = 0.5
+    nonlinearity: str = "concat_elu"
+    num_classes: int = 0
+    ordering_name: str = "raster"
+    pixel_order: tuple[int, ...] = ()
+
+    @property
+    def likelihood(self):
+        return distributions.make_likelihood(
+            "dmol", self.num_levels, self.num_mixtures, self.event_shape[-1]
+        )
+
+    def pixel_steps(self) -> np.ndarray:
+        height, width, _ = self.event_shape
+        return pixel_steps(self.ordering_name, height, width, self.pixel_order)
+
+    def ordering(self):
+        channels = self.event_shape[-1]
+        return self.pixel_steps()[..., None] * channels + np.arange(channels)
+
+    @nn.compact
+    def __call__(self, x, labels=None, cond=None, train: bool = False):
+        """Mixture parameters `[B, H, W, F]`, one vector per pixel."""
+        del cond
+        steps = self.pixel_steps()
+        label_BK = layers.one_hot_labels(labels, self.num_classes)
+        x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
+        background = _background(x.shape)
+        if np.array_equal(steps, common.raster_ordering(steps.shape)):
+            ul, conv = sl.up_left_stream(x_pad, self.features), "down_right"
+        else:
+            ul, conv = sl.WNDense(self.features)(shift_in_order(x_pad, steps)), "nin"
+        resnet = lambda kind: sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity)
+        for _ in range(self.num_blocks):
+            for _ in range(self.num_resnets):
+                ul = resnet(conv)(ul, None, label_BK, train)
+            content = jnp.concatenate([x_in, ul, background], axis=-1)
+            content = resnet("nin")(content, None, label_BK, train)
+            kv = sl.WNDense(self.key_features + self.value_features)(content)
+            query = resnet("nin")(jnp.concatenate([ul, background], -1), None, label_BK, train)
+            query = sl.WNDense(self.key_features)(query)
+            key, value = kv[..., : self.key_features], kv[..., self.key_features :]
+            attended = causal_attention(query, key, value, steps, self.num_heads)
+            ul = resnet("nin")(ul, attended, label_BK, train)
+        return sl.WNDense(self.likelihood.num_params())(jax.nn.elu(ul))
+
+    @_unwrapped_property
+    def cached_sampler(self):
+        """Cached sampling (`jaxar.models.pixelsnail_cache`), raster ordering only.
+
+        With any other ordering the attribute is absent (AttributeError), so
+        `jaxar.sample` refuses method="cached" and method="auto" samples naively.
+        """
+        if not np.array_equal(self.pixel_steps(), common.raster_ordering(self.event_shape[:2])):
+            raise AttributeError(
+                f"cached sampling needs raster ordering, not {self.ordering_name!r}"
+            )
+        return functools.partial(pixelcnn_pp_cache.sample, pixelsnail_cache.steps, self)
+
+
+def _background(shape) -> jax.Array:
+    """Row and column positions in [-1/2, 1/2), `[B, H, W, 2]`, as in the released code."""
+    batch, height, width, _ = shape
+    rows = (np.arange(height) - height / 2) / height
+    cols = (np.arange(width) - width / 2) / width
+    grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).astype(np.float32)
+    return jnp.broadcast_to(grid, (batch, height, width, 2))
+
+
+def from_config(model_cfg, shape, num_levels) -> PixelSNAIL:
+    shape = common.check_event_shape("pixelsnail", shape, 3)
+    ordering = model_cfg.get("ordering", "raster")
+    pixel_order = tuple(int(i) for i in model_cfg.get("pixel_order", ()) or ())
+    if ordering != "custom" and pixel_order:
+        raise ValueError("model.pixel_order is read only with model.ordering='custom'")
+    pixel_steps(ordering, shape[0], shape[1], pixel_order)  # validates the ordering
+    key_features = model_cfg.get("key_features", 16)
+    value_features = model_cfg.get("value_features", 128)
+    num_heads = model_cfg.get("num_heads", 1)
+    if num_heads < 1 or key_features % num_heads or value_features % num_heads:
+        raise ValueError(
+            f"model.key_features={key_features} and model.value_features={value_features} "
+            f"must both be divisible by model.num_heads={num_heads}"
+        )
+    likelihood = model_cfg.get("likelihood", "dmol")
+    if likelihood != "dmol":
+        raise ValueError(f"model.likelihood for pixelsnail must be 'dmol', got {likelihood!r}")
+    check_dropout_rate(model_cfg.get("dropout_rate", 0.5))
+    nonlinearity = model_cfg.get("nonlinearity", "concat_elu")
+    if nonlinearity not in sl.NONLINEARITIES:
+        raise ValueError(
+            f"model.nonlinearity must be one of {list(sl.NONLINEARITIES)}, got {nonlinearity!r}"
+        )
+    return PixelSNAIL(
+        event_shape=shape,
+        num_levels=num_levels,
+        features=model_cfg.get("features", 256),
+        num_blocks=model_cfg.get("num_blocks", 12),
+        num_resnets=model_cfg.get("num_resnets", 5),
+        key_features=key_features,
+        value_features=value_features,
+        num_heads=num_heads,
+        num_mixtures=model_cfg.get("num_mixtures", 10),
+        dropout_rate=model_cfg.get("dropout_rate", 0.5),
+        nonlinearity=nonlinearity,
+        num_classes=model_cfg.get("num_classes", 0),
+        ordering_name=ordering,
+        pixel_order=pixel_order,
+    )

@@ -1,0 +1,171 @@
+"""PixelSNAIL: orderings, normalization, causality, attention, init, dropout, TFDS training."""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from model_checks import (
+    all_inputs,
+    check_causal_perturbation,
+    chi_square_statistic,
+    input_index,
+    joint_log_probs,
+    tiny_config,
+    total_probability,
+)
+from weightnorm_checks import (
+    check_init_statistics,
+    dropout_outputs,
+    random_variables,
+    weight_norm_outputs,
+)
+
+import jaxar
+from jaxar import data, train
+from jaxar.models import common, pixelsnail
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(features=4, num_blocks=1, num_resnets=1, key_features=4, value_features=4,
+            num_heads=2, num_mixtures=2)
+# Flat pixel indices of a 4x4 image in generation order: any permutation works.
+CUSTOM_4x4 = (5, 0, 15, 3, 8, 12, 1, 10, 6, 14, 2, 9, 4, 13, 11, 7)
+
+
+def test_orderings_give_sub_pixel_steps():
+    steps = pixelsnail.pixel_steps("zigzag", 3, 3)
+    np.testing.assert_array_equal(steps, [[0, 1, 5], [2, 4, 6], [3, 7, 8]])
+    cfg = tiny_config("pixelsnail", (3, 3, 2), 4, **TINY, ordering="zigzag")
+    order = jaxar.ordering(jaxar.build_model(cfg))
+    assert order.shape == (3, 3, 2)
+    np.testing.assert_array_equal(order[..., 0], 2 * steps)
+    np.testing.assert_array_equal(order[..., 1], 2 * steps + 1)
+    custom = pixelsnail.pixel_steps("custom", 4, 4, CUSTOM_4x4)
+    np.testing.assert_array_equal(np.argsort(custom.ravel()), CUSTOM_4x4)
+
+
+def test_attention_sees_exactly_the_earlier_pixels():
+    """Gradients of the attention output at each pixel w.r.t. keys and values."""
+    steps = pixelsnail.pixel_steps("custom", 4, 4, CUSTOM_4x4)
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 1, 4, 4, 4))
+    out = lambda k, v: pixelsnail.causal_attention(q, k, v, steps, 2)[0].sum(-1)
+    jac_k, jac_v = jax.jacrev(out, (0, 1))(k, v)  # [4, 4 (output), 1, 4, 4, 4 (input)]
+    seen = (np.abs(np.asarray(jac_k)) + np.abs(np.asarray(jac_v))).sum((2, 5)) > 0
+    for i, j in np.ndindex(4, 4):
+        np.testing.assert_array_equal(seen[i, j], steps < steps[i, j], err_msg=f"{i, j}")
+
+
+def test_shift_in_order_passes_the_previous_pixel():
+    steps = pixelsnail.pixel_steps("zigzag", 3, 3)
+    x = jnp.arange(9.0).reshape(1, 3, 3, 1) + 1
+    shifted = np.asarray(pixelsnail.shift_in_order(x, steps))[0, ..., 0]
+    by_step = np.argsort(steps.ravel())
+    for t in range(9):
+        want = 0 if t == 0 else by_step[t - 1] + 1
+        assert shifted.ravel()[by_step[t]] == want
+
+
+CASES = [("raster", 0), ("raster", 2), ("zigzag", 2), ("custom", 0)]
+
+
+@pytest.mark.parametrize("ordering,num_classes", CASES, ids=[f"{o}-{c}cls" for o, c in CASES])
+def test_normalized_for_every_ordering_and_label(ordering, num_classes):
+    pixel_order = CUSTOM_4x4 if ordering == "custom" else ()
+    cfg = tiny_config("pixelsnail", (4, 4, 1), 2, **TINY, ordering=ordering,
+                      pixel_order=pixel_order, num_classes=num_classes)
+    model = jaxar.build_model(cfg)
+    variables = random_variables(model, seed=len(ordering))
+    for label in range(num_classes) if num_classes else [None]:
+        assert total_probability(model, variables, label) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_naive_sampler_follows_a_custom_ordering():
+    """2x2 pixels of 2 channels and 2 levels (256 images), generated in order 3, 0, 2, 1."""
+    cfg = tiny_config("pixelsnail", (2, 2, 2), 2, **TINY, ordering="custom",
+                      pixel_order=(3, 0, 2, 1), num_classes=2)
+    model = jaxar.build_model(cfg)
+    variables = random_variables(model, seed=4)
+    probs = np.exp(joint_log_probs(model, variables, all_inputs(model.event_shape, 2), 1))
+    labels = jnp.ones((8000,), jnp.int32)
+    xs = jaxar.sample(model, variables, jax.random.key(7), 8000, labels=labels, method="naive")
+    stat, dof = chi_square_statistic(input_index(xs, 2), probs)
+    assert stat < dof + 3.1 * np.sqrt(2 * dof) + 10, (stat, dof)
+
+
+@pytest.mark.parametrize("ordering", ["raster", "zigzag", "custom"])
+def test_perturbation_causality_per_sub_pixel(ordering):
+    rng = np.random.default_rng(0)
+    pixel_order = tuple(rng.permutation(64).tolist()) if ordering == "custom" else ()
+    cfg = tiny_config("pixelsnail", (8, 8, 3), 256, **TINY, ordering=ordering,
+                      pixel_order=pixel_order)
+    model = jaxar.build_model(cfg)
+    variables = random_variables(model, seed=5)
+    x = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.int32)
+    assert check_causal_perturbation(model, variables, x, rng, trials=10) > 0
+
+
+def test_data_dependent_init_normalizes_every_layer_and_dropout_is_off_in_eval():
+    cfg = tiny_config("pixelsnail", (4, 4, 3), 256, **TINY, num_classes=3)
+    model = jaxar.build_model(cfg)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.integers(0, 256, (16, 4, 4, 3)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 3, 16), jnp.int32)
+    variables = jaxar.init_variables(model, cfg, jax.random.key(0), x, labels)
+    assert check_init_statistics(weight_norm_outputs(model, variables, x, labels)) > 12
+
+    with common.rng_context():
+        eval0, eval1, train0, train1 = dropout_outputs(model, variables, x[:2], labels[:2])
+    np.testing.assert_array_equal(eval0, eval1)
+    assert not np.allclose(train0, train1)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("ordering", "spiral", "model.ordering must be one of"),
+        ("pixel_order", (0, 1, 2), "model.pixel_order is read only"),
+        ("num_heads", 3, "divisible by model.num_heads"),
+        ("nonlinearity", "relu", "model.nonlinearity"),
+    ],
+)
+def test_config_errors(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        jaxar.build_model(tiny_config("pixelsnail", (4, 4, 3), 256, **{**TINY, key: value}))
+    with pytest.raises(ValueError, match="permutation of range"):
+        jaxar.build_model(tiny_config("pixelsnail", (2, 2, 3), 256, **TINY, ordering="custom",
+                                      pixel_order=(0, 1, 1, 2)))
+
+
+def test_smoke_config_trains_and_samples(tmp_path):
+    """What `python -m jaxar.main --config experiments/pixelsnail_cifar10.py:smoke` runs."""
+    cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelsnail_cifar10.py:smoke"))
+    state = jaxar.train_and_evaluate(cfg, tmp_path)
+    assert int(state.step) == cfg.train.num_steps
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    bpd = [r["train/bpd"] for r in rows if "train/bpd" in r]
+    evals = [r["eval/bpd"] for r in rows if "eval/bpd" in r]
+    assert len(bpd) == 2 and len(evals) == 1 and np.isfinite(bpd + evals).all()
+    assert (tmp_path / f"samples_{cfg.train.num_steps}.png").is_file()
+
+
+def test_smoke_config_train_steps_on_mock_cifar10_at_5_bits():
+    """data.source=tfds under tfds.testing.mock_data: 32x32 RGB reduced to 32 levels."""
+    cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelsnail_cifar10.py:smoke"))
+    cfg.data.update(source="tfds", name="cifar10", shape=(32, 32, 3), num_levels=32)
+    cfg.train.update(batch_size=4, init_batch_size=4)
+    model = jaxar.build_model(cfg)
+    trainer = train.Trainer(model, cfg)
+    with tfds.testing.mock_data(num_examples=8):
+        train_iter, _ = data.create_datasets(cfg)
+        state = trainer.init_state(jax.random.PRNGKey(0), train_iter.split.get(np.arange(4)))
+        losses = []
+        for _ in range(3):
+            batch = next(train_iter)
+            assert batch["x"].shape == (4, 32, 32, 3) and batch["x"].max() < 32
+            with common.rng_context():
+                state, metrics = trainer.train_step(state, trainer.device_batch(batch))
+            losses.append(float(metrics["train/bpd"]))
+    assert int(state.step) == 3 and np.isfinite(losses).all(), losses
