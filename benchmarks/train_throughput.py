@@ -1,0 +1,136 @@
+"""Train-step throughput of the convolutions: fast paths vs the plain masked one, one run.
+
+  python benchmarks/train_throughput.py                    # the configs below
+  python benchmarks/train_throughput.py --rounds 5 --configs experiments/pixelcnn_mnist.py:seed
+
+For each config the same model is built three times with the same initial
+parameters: `model.conv_impl = "plain"` (dense kernel times mask,
+`lax.conv_general_dilated`), "im2col" everywhere (masked taps never computed,
+`jaxar.fast_conv`) and "auto" (the default: im2col where `jaxar.fast_conv`
+measured it faster, per layer and backend). A train step is the loss (mean
+bits/dim of a random batch of the config's shape and batch size), its gradient
+and an Adam update, jitted. All steps are compiled first, then timed in turn for
+`--rounds` rounds (so load from other processes hits all alike); the median per
+path is reported, with the ratios to plain and the largest relative difference
+(L2, per leaf) of the losses and gradients from plain's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxar
+from jaxar import fast_conv
+from jaxar import models as models_lib
+from jaxar.models import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+IMPLS = ("auto", "im2col", "plain")
+CONFIGS = [
+    "experiments/pixelcnn_mnist.py:seed",
+    "experiments/pixelcnn_mnist.py:default",
+    "experiments/gated_pixelcnn_mnist.py:default",
+    "experiments/pixelcnn_pp_cifar10.py:default",
+]
+
+
+def make_step(model, optimizer):
+    def loss_fn(params, batch):
+        lp = models_lib.apply_log_prob(model, {"params": params}, batch["x"], batch["labels"],
+                                       batch["cond"])
+        nll = -lp.reshape(lp.shape[0], -1).sum(-1)
+        return models_lib.nats_to_bits_per_dim(nll, model.event_shape).mean()
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, grads
+
+    return jax.jit(step)
+
+
+def random_batch(model, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, model.num_levels, (batch_size, *model.event_shape)).astype(np.int32)
+    labels = rng.integers(0, model.num_classes, batch_size).astype(np.int32) \
+        if model.num_classes else None
+    return {"x": jnp.asarray(x), "labels": labels, "cond": models_lib.default_cond(model, x)}
+
+
+def compare(spec: str, rounds: int) -> float:
+    cfg = jaxar.load_config(str(ROOT / spec))
+    batch_size = cfg.train.batch_size
+    if not hasattr(jaxar.build_model(cfg), "conv_impl"):
+        print(f"  {spec}: skipped (the model's layers have no conv_impl switch)", flush=True)
+        return float("nan")
+    models, steps = {}, {}
+    for impl in IMPLS:
+        cfg.model.conv_impl = impl
+        models[impl] = jaxar.build_model(cfg)
+        steps[impl] = make_step(models[impl], optax.adam(cfg.train.learning_rate))
+    batch = random_batch(models["plain"], batch_size)
+    params = jaxar.init_variables(models["plain"], cfg, jax.random.key(0),
+                                  x=batch["x"][: cfg.train.init_batch_size])["params"]
+    opt_state = optax.adam(cfg.train.learning_rate).init(params)
+    out = {}
+    for impl, step in steps.items():  # compile, and keep one step's loss and gradients
+        start = time.perf_counter()
+        out[impl] = jax.block_until_ready(step(params, opt_state, batch))
+        print(f"    compiled + 1 step ({impl}): {time.perf_counter() - start:.1f} s", flush=True)
+    seconds = {impl: [] for impl in steps}
+    for _ in range(rounds):
+        for impl, step in steps.items():
+            start = time.perf_counter()
+            jax.block_until_ready(step(params, opt_state, batch))
+            seconds[impl].append(time.perf_counter() - start)
+    rate = {impl: batch_size / statistics.median(s) for impl, s in seconds.items()}
+    diff = max(
+        float(jnp.linalg.norm(a - b) / (jnp.linalg.norm(b) + 1e-30))
+        for impl in IMPLS
+        for a, b in zip(jax.tree.leaves(out[impl][2:]), jax.tree.leaves(out["plain"][2:]),
+                        strict=True)
+    )
+    print(f"  {spec}  batch {batch_size}, {models['plain'].event_shape}\n    "
+          + " | ".join(f"{impl} {rate[impl]:7.2f} images/s" for impl in IMPLS)
+          + f"\n    auto/plain {rate['auto'] / rate['plain']:5.2f}x | "
+          f"im2col/plain {rate['im2col'] / rate['plain']:5.2f}x | "
+          f"loss/grad relative difference to plain <= {diff:.1e}\n"
+          f"    step seconds: " + ", ".join(f"{i} {fmt(seconds[i])}" for i in IMPLS),
+          flush=True)
+    return rate["auto"] / rate["plain"]
+
+
+def fmt(values):
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated config paths[:variant]; missing files are skipped")
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps per path")
+    args = parser.parse_args()
+    auto = "plain"
+    if fast_conv.resolve_impl("auto", 1, fast_conv.AUTO_MIN_FEATURES) == "im2col":
+        auto = f"im2col for layers with >= {fast_conv.AUTO_MIN_FEATURES} features, else plain"
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores; "
+          f"conv_impl='auto' here: {auto}")
+    for spec in args.configs.split(","):
+        if not (ROOT / spec.split(":")[0]).exists():
+            print(f"  {spec}: skipped (no such config file)")
+            continue
+        with common.rng_context():
+            compare(spec, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

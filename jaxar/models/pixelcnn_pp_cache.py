@@ -1,0 +1,447 @@
+"""Cached sampling for PixelCNN++: the u stream by rows, the ul stream by pixels, per resolution.
+
+PixelCNN++'s `u` stream (down-shifted) at row i of the image sees only rows < i,
+and its `ul` stream at pixel (i, j) only the pixels before (i, j); at resolution
+l (the image halved l times) position (a, b) sees only what full-resolution
+position (2^l a, 2^l b) sees: the stride-2 layers read rows 2a - 1 .. 2a (and
+columns up to 2b), the transposed ones map (r, c) back to (r // 2, c // 2). So
+every activation of the network is final, and computed exactly once, at the
+raster step where its position is reached:
+
+* at the start of image row i, each resolution l with 2^l | i computes row
+  i / 2^l of every u layer (up pass, then down pass), from per-layer maps of the
+  inputs its 2-row windows read;
+* at pixel (i, j), each resolution l with 2^l | i and 2^l | j computes position
+  (i / 2^l, j / 2^l) of every ul layer (up pass, the lower resolutions, down
+  pass) and writes what later positions read into the maps of the layers that
+  read it. Resolution 0 runs at every pixel, resolution l on a 4^-l share of
+  them (`lax.cond`).
+
+Each layer keeps its input map zero-padded (and, for a transposed layer,
+dilated) as its convolution pads it, so a position's output is the layer's
+ordinary VALID convolution of a kernel-sized window, and a row's that of a
+2-row strip. The network output at a pixel does not see the pixel, so it is
+computed once per pixel and all its channels are drawn from it
+(`pixelwise_sample`).
+
+`Decoder` restates `PixelCNNPP.__call__` over the model's own parameter tree:
+a change there needs the same change here, which
+`tests/test_cached_sampling_pp.py` enforces (cached == naive samples, and
+per-pixel parameters equal to a full forward pass).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxar import layers, sampling
+from jaxar import shifted_layers as sl
+from jaxar.models import decoding
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a convolution pads (and dilates) its input: its input map's layout.
+
+    An input position (a, b) sits at (top + dilation a, left + dilation b) of
+    the map; output position (r, c) is the VALID convolution of the kernel-sized
+    window at (stride r, stride c), output row r that of the kh-row strip.
+    """
+
+    kh: int
+    kw: int
+    top: int
+    left: int
+    right: int
+    bottom: int = 0
+    dilation: int = 1
+    stride: int = 1
+
+    def shape(self, batch, height, width, channels):
+        rows = self.top + self.dilation * (height - 1) + 1 + self.bottom
+        cols = self.left + self.dilation * (width - 1) + 1 + self.right
+        return (batch, rows, cols, channels)
+
+
+DOWN = Geometry(2, 3, 1, 1, 1)  # sl.down_shifted_conv
+DOWN_RIGHT = Geometry(2, 2, 1, 1, 0)  # sl.down_right_shifted_conv
+DOWN_STRIDE2 = Geometry(2, 3, 1, 1, 1, stride=2)
+DOWN_RIGHT_STRIDE2 = Geometry(2, 2, 1, 1, 0, stride=2)
+DOWN_TRANSPOSE = Geometry(2, 3, 1, 1, 2, bottom=1, dilation=2)  # sl.down_shifted_conv_transpose
+DOWN_RIGHT_TRANSPOSE = Geometry(2, 2, 1, 1, 1, bottom=1, dilation=2)
+# The image map (x with its channel of ones), shared by the three input layers.
+IMAGE = Geometry(2, 3, 1, 1, 1)
+
+
+def _wn_kernel(v):
+    """Weight norm's direction, as `sl.WNConv` / `sl.WNDense` compute it."""
+    return v * jax.lax.rsqrt(jnp.sum(v * v, axis=tuple(range(v.ndim - 1))))
+
+
+def _conv(p, window, strides=(1, 1)):
+    kernel = _wn_kernel(p["v"])
+    if window.shape[1:3] == kernel.shape[:2]:  # one position: a matrix product
+        batch, features = window.shape[0], kernel.shape[-1]
+        y = (window.reshape(batch, -1) @ kernel.reshape(-1, features)).reshape(batch, 1, 1, -1)
+    else:
+        y = jax.lax.conv_general_dilated(window, kernel, strides, "VALID", dimension_numbers=_DIMS)
+    return y * p["g"] + p["b"]
+
+
+def _dense(p, x):
+    return (x @ _wn_kernel(p["v"])) * p["g"] + p["b"]
+
+
+def layout(model):
+    """Parameter names of `PixelCNNPP.__call__`'s layers, in its creation order.
+
+    {"u0", "ul_above", "ul_left", "out"} and, per resolution l, `up[l]` / `down[l]`:
+    "u_res" / "ul_res" (gated resnets) and "u_conv" / "ul_conv" (the stride-2
+    layer into l on the way up, the transposed one into l on the way down).
+    """
+    counts = collections.Counter()
+
+    def name(kind):
+        counts[kind] += 1
+        return f"{kind}_{counts[kind] - 1}"
+
+    res, nr = model.num_resolutions, model.num_resnets
+    names = {"u0": name("WNConv"), "ul_above": name("WNConv"), "ul_left": name("WNConv")}
+    up = [{"u_res": [], "ul_res": []} for _ in range(res)]
+    down = [{"u_res": [], "ul_res": []} for _ in range(res)]
+    for level in range(res):
+        if level:
+            up[level]["u_conv"], up[level]["ul_conv"] = name("WNConv"), name("WNConv")
+        for _ in range(nr):
+            up[level]["u_res"].append(name("GatedResnet"))
+            up[level]["ul_res"].append(name("GatedResnet"))
+    for step in range(res):
+        level = res - 1 - step
+        if step:
+            down[level]["u_conv"], down[level]["ul_conv"] = name("WNConv"), name("WNConv")
+        for _ in range(nr + (step > 0)):
+            down[level]["u_res"].append(name("GatedResnet"))
+            down[level]["ul_res"].append(name("GatedResnet"))
+    names["out"] = name("WNDense")
+    return names, up, down
+
+
+class Layers:
+    """The shifted layers of `jaxar.shifted_layers` run at one row or position from maps.
+
+    State: a dict of maps, one per convolution (its padded input, key: the layer's
+    name), plus whatever the model's decoder keeps. With `build=True` every branch
+    runs unconditionally and missing maps are created (zeros): a `Steps` builder
+    traces it once, abstractly, for the state's shapes.
+    """
+
+    def __init__(self, model, params, labels, batch, build=False):
+        self.model, self.params, self.batch, self.build = model, params, batch, build
+        self.label_BK = layers.one_hot_labels(labels, model.num_classes)
+        self.f = sl.NONLINEARITIES[getattr(model, "nonlinearity", "concat_elu")]
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def _map(self, s, key, geom, size, channels):
+        if key not in s:
+            if not self.build:
+                raise KeyError(f"no map {key!r}: build the state first")
+            s[key] = jnp.zeros(geom.shape(self.batch, *size, channels), jnp.float32)
+        return s[key]
+
+    def write_pos(self, s, key, geom, size, value_B11C, a, b):
+        """Writes the input of the layer reading map `key` at its position (a, b)."""
+        m = self._map(s, key, geom, size, value_B11C.shape[-1])
+        start = (0, geom.top + geom.dilation * a, geom.left + geom.dilation * b, 0)
+        s[key] = jax.lax.dynamic_update_slice(m, value_B11C.astype(m.dtype), start)
+
+    def write_row(self, s, key, geom, size, value_B1WC, a):
+        """Writes the input of the layer reading map `key` at its row a."""
+        m = self._map(s, key, geom, size, value_B1WC.shape[-1])
+        if geom.dilation > 1:
+            interior = geom.dilation - 1
+            config = [(0, 0, 0), (0, 0, 0), (0, 0, interior), (0, 0, 0)]
+            value_B1WC = jax.lax.pad(value_B1WC, jnp.zeros((), value_B1WC.dtype), config)
+        start = (0, geom.top + geom.dilation * a, geom.left, 0)
+        s[key] = jax.lax.dynamic_update_slice(m, value_B1WC.astype(m.dtype), start)
+
+    def conv_pos(self, s, key, geom, p, r, c):
+        """Output (r, c) `[B, 1, 1, O]` of the layer with parameters p reading map `key`."""
+        m = s[key]
+        size = (self.batch, geom.kh, geom.kw, m.shape[-1])
+        window = jax.lax.dynamic_slice(m, (0, geom.stride * r, geom.stride * c, 0), size)
+        return _conv(p, window)
+
+    def conv_row(self, s, key, geom, p, r):
+        """Output row r `[B, 1, W, O]` of the layer with parameters p reading map `key`."""
+        m = s[key]
+        size = (self.batch, geom.kh, m.shape[2], m.shape[-1])
+        strip = jax.lax.dynamic_slice(m, (0, geom.stride * r, 0, 0), size)
+        return _conv(p, strip, (1, geom.stride))
+
+    def when(self, pred, fn, s):
+        """`fn(s)` if pred else s; only the maps fn changes go through the `lax.cond`
+        (the rest is read-only there), so that no unchanged map is copied."""
+        if self.build:
+            return fn(s)
+        changed = []
+
+        def probe(s):
+            out = fn(dict(s))
+            changed.extend(k for k in out if k not in s or out[k] is not s[k])
+            return 0
+
+        jax.eval_shape(probe, s)
+
+        def run(sub):
+            out = fn({**s, **sub})
+            return {k: out[k] for k in changed}
+
+        sub = jax.lax.cond(pred, run, lambda sub: sub, {k: s[k] for k in changed})
+        return {**s, **sub}
+
+    def up_left(self, x_pad, above_name, left_name, i, j):
+        """`sl.up_left_stream` at pixel (i, j), from the image map `x_pad` (`image_map`)."""
+        s = {"image": x_pad}
+        above = self.conv_pos(s, "image", Geometry(1, 3, 0, 0, 0), self.params[above_name], i, j)
+        left = self.conv_pos(s, "image", Geometry(2, 1, 0, 0, 0), self.params[left_name], i, j)
+        # The map's rows and columns are shifted by its padding: window (i, j) of the 1x3
+        # layer is its output (i - 1, j), window (i, j) of the 2x1 layer its output (i, j - 1).
+        return jnp.where(i > 0, above, 0.0) + jnp.where(j > 0, left, 0.0)  # the shifts' zeros
+
+    def resnet_nin(self, name, x, aux=None):
+        """`sl.GatedResnet("nin")`: pointwise."""
+        p = self.params[name]
+        h = _dense(p["conv_in"], self.f(x))
+        if aux is not None:
+            h = h + _dense(p["aux_in"], self.f(aux))
+        return self._gate(name, x, _dense(p["gate_out"], self.f(h)))
+
+    def _gate(self, name, x, h):
+        p = self.params[name]
+        if self.label_BK is not None:
+            h = h + (self.label_BK @ p["Dense_0"]["kernel"])[:, None, None, :]
+        a, b = jnp.split(h, 2, axis=-1)
+        return x + a * jax.nn.sigmoid(b)
+
+    def resnet_row(self, s, name, size, x, aux, a):
+        """`sl.GatedResnet("down")` at row a of a map of `size` (x, aux: `[B, 1, W, F]`)."""
+        p = self.params[name]
+        self.write_row(s, name + "/conv_in", DOWN, size, self.f(x), a)
+        h = self.conv_row(s, name + "/conv_in", DOWN, p["conv_in"], a)
+        if aux is not None:
+            h = h + _dense(p["aux_in"], self.f(aux))
+        self.write_row(s, name + "/gate_out", DOWN, size, self.f(h), a)
+        return self._gate(name, x, self.conv_row(s, name + "/gate_out", DOWN, p["gate_out"], a))
+
+    def resnet_pos(self, s, name, size, x, aux, a, b):
+        """`sl.GatedResnet("down_right")` at position (a, b) of a map of `size`."""
+        p = self.params[name]
+        self.write_pos(s, name + "/conv_in", DOWN_RIGHT, size, self.f(x), a, b)
+        h = self.conv_pos(s, name + "/conv_in", DOWN_RIGHT, p["conv_in"], a, b)
+        if aux is not None:
+            h = h + _dense(p["aux_in"], self.f(aux))
+        self.write_pos(s, name + "/gate_out", DOWN_RIGHT, size, self.f(h), a, b)
+        gate = self.conv_pos(s, name + "/gate_out", DOWN_RIGHT, p["gate_out"], a, b)
+        return self._gate(name, x, gate)
+
+
+class Decoder(Layers):
+    """PixelCNN++'s layers run a row (u stream) or a position (ul stream) at a time.
+
+    Besides the layers' maps the state keeps the u stream's current row at each
+    resolution that the ul stream reads (keys "u/...").
+    """
+
+    def __init__(self, model, params, labels, batch, build=False):
+        super().__init__(model, params, labels, batch, build)
+        self.names, self.up, self.down = layout(model)
+        height, width, _ = model.event_shape
+        self.sizes = [(height >> level, width >> level) for level in range(model.num_resolutions)]
+
+    # -- u stream: rows --------------------------------------------------------------------
+
+    def start_row(self, s, x_pad, i):
+        """Computes every u row that becomes final at image row i."""
+        s = dict(s)
+        s["image"] = x_pad
+        r = jnp.maximum(i - 1, 0)
+        row = self.conv_row(s, "image", IMAGE, self.params[self.names["u0"]], r)
+        u0 = jnp.where(i > 0, row, 0.0)  # layers.down_shift
+        s = self._u_level(s, 0, i, u0)
+        del s["image"]
+        return s
+
+    def _u_level(self, s, level, a, u):
+        """Row a of resolution `level`: up pass, the lower resolutions, down pass."""
+        nr, res = self.model.num_resnets, self.model.num_resolutions
+        up, down, size = self.up[level], self.down[level], self.sizes[level]
+        entries = [u]
+        for k, name in enumerate(up["u_res"]):
+            u = self.resnet_row(s, name, size, u, None, a)
+            s[f"u/up{level}/{k}"] = u
+            entries.append(u)
+        if level + 1 < res:
+            conv = self.up[level + 1]["u_conv"]
+            self.write_row(s, conv, DOWN_STRIDE2, size, u, a)
+
+            def lower(s):
+                s = dict(s)
+                row = self.conv_row(s, conv, DOWN_STRIDE2, self.params[conv], a // 2)
+                return self._u_level(s, level + 1, a // 2, row)
+
+            s = self.when(a % 2 == 0, lower, s)
+            u = self.conv_row(s, down["u_conv"], DOWN_TRANSPOSE, self.params[down["u_conv"]], a)
+            auxes = entries[::-1]
+        else:
+            u, auxes = entries[-1], entries[-2::-1]
+        for m, name in enumerate(down["u_res"]):
+            u = self.resnet_row(s, name, size, u, auxes[m], a)
+            s[f"u/down{level}/{m}"] = u
+        if level > 0:
+            conv = self.down[level - 1]["u_conv"]
+            self.write_row(s, conv, DOWN_TRANSPOSE, size, u, a)
+        assert len(auxes) == len(down["u_res"]) == nr + (level + 1 < res)
+        return s
+
+    # -- ul stream: positions --------------------------------------------------------------
+
+    def pixel(self, s, x_pad, i, j):
+        """Mixture parameters `[B, 1, 1, F]` of pixel (i, j), computing every ul position
+        that becomes final there."""
+        ul = self.up_left(x_pad, self.names["ul_above"], self.names["ul_left"], i, j)
+        s, ul = self._ul_level(dict(s), 0, i, j, ul)
+        out = _dense(self.params[self.names["out"]], jax.nn.elu(ul))
+        return out, s
+
+    def _ul_level(self, s, level, a, b, ul):
+        res = self.model.num_resolutions
+        up, down, size = self.up[level], self.down[level], self.sizes[level]
+
+        def u_at(key):
+            return jax.lax.dynamic_slice_in_dim(s[key], b, 1, axis=2)
+
+        entries = [ul]
+        for k, name in enumerate(up["ul_res"]):
+            ul = self.resnet_pos(s, name, size, ul, u_at(f"u/up{level}/{k}"), a, b)
+            entries.append(ul)
+        if level + 1 < res:
+            conv = self.up[level + 1]["ul_conv"]
+            self.write_pos(s, conv, DOWN_RIGHT_STRIDE2, size, ul, a, b)
+
+            def lower(s):
+                s = dict(s)
+                pos = self.conv_pos(s, conv, DOWN_RIGHT_STRIDE2, self.params[conv], a // 2, b // 2)
+                return self._ul_level(s, level + 1, a // 2, b // 2, pos)[0]
+
+            s = self.when((a % 2 == 0) & (b % 2 == 0), lower, s)
+            p = self.params[down["ul_conv"]]
+            ul = self.conv_pos(s, down["ul_conv"], DOWN_RIGHT_TRANSPOSE, p, a, b)
+            auxes = entries[::-1]
+        else:
+            ul, auxes = entries[-1], entries[-2::-1]
+        for m, name in enumerate(down["ul_res"]):
+            skip = jnp.concatenate([u_at(f"u/down{level}/{m}"), auxes[m]], axis=-1)
+            ul = self.resnet_pos(s, name, size, ul, skip, a, b)
+        if level > 0:
+            conv = self.down[level - 1]["ul_conv"]
+            self.write_pos(s, conv, DOWN_RIGHT_TRANSPOSE, size, ul, a, b)
+        return s, ul
+
+
+def image_map(model, x_BHWC):
+    """x in [-1, 1] with its channel of ones (`sl.pixel_inputs`), zero-padded as `IMAGE`."""
+    _, x_pad = sl.pixel_inputs(x_BHWC, model.num_levels)
+    return jnp.pad(x_pad, ((0, 0), (IMAGE.top, 0), (IMAGE.left, IMAGE.right), (0, 0)))
+
+
+def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
+    """`decoding.Steps` of a `PixelCNNPP` whose `pixel_params` sees every channel of the
+    pixel's predecessors (call it once per pixel: its output does not see the pixel)."""
+    del cond
+    params, batch = variables["params"], x_BHWC.shape[0]
+
+    def start_row(state, x_BHWC, i):
+        decoder = Decoder(model, params, labels, batch)
+        return decoder.start_row(state, image_map(model, x_BHWC), i)
+
+    def pixel_params(state, x_BHWC, i, j):
+        decoder = Decoder(model, params, labels, batch)
+        return decoder.pixel(state, image_map(model, x_BHWC), i, j)
+
+    def build():
+        decoder = Decoder(model, params, labels, batch, build=True)
+        x_pad = image_map(model, x_BHWC)
+        state = decoder.start_row({}, x_pad, 0)
+        return decoder.pixel(state, x_pad, 0, 0)[1]
+
+    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(build))
+    return decoding.Steps(state, pixel_params, start_row)
+
+
+def pixelwise_sample(model, key, temperature, known, known_mask, steps: decoding.Steps):
+    """Samples `[B, H, W, C]` in raster order with one `pixel_params` call per pixel.
+
+    Draws exactly as `jaxar.sampling`'s naive sampler (`sampling.draw` with the key of
+    step t, `sampling.write` keeping known values), for a likelihood whose parameters
+    cover the pixel's channels (one group) and a network output that does not see the
+    pixel itself.
+    """
+    batch, height, width, channels = known.shape
+    known_flat = known.reshape(batch, -1)
+    mask_flat = known_mask.reshape(batch, -1)
+
+    def pixel(i, j, carry):
+        x_flat, state = carry
+        params, state = steps.pixel_params(state, x_flat.reshape(known.shape), i, j)
+        params_BF = params.reshape(batch, params.shape[-1])
+
+        def channel(c, x_flat):
+            dim = (i * width + j) * channels + c  # raster: the step is the dimension
+            value = sampling.draw(model, key, dim, params_BF, x_flat, dim, temperature)
+            return sampling.write(x_flat, dim, value, known_flat, mask_flat)
+
+        return jax.lax.fori_loop(0, channels, channel, x_flat), state
+
+    def row(i, carry):
+        if steps.start_row is not None:
+            x_flat, state = carry
+            carry = x_flat, steps.start_row(state, x_flat.reshape(known.shape), i)
+        return jax.lax.fori_loop(0, width, functools.partial(pixel, i), carry)
+
+    x0 = jnp.where(mask_flat, known_flat, 0)
+    x_flat, _ = jax.lax.fori_loop(0, height, row, (x0, steps.state))
+    return x_flat.reshape(known.shape)
+
+
+def sample(
+    steps_fn: Callable[..., decoding.Steps],
+    model,
+    variables: Any,
+    key,
+    labels,
+    cond,
+    temperature,
+    known,
+    known_mask,
+):
+    """A `cached_sampler` from a per-pixel `Steps` builder (raster ordering only)."""
+    decoding.check_raster(model)
+    if not model.likelihood.groups_channels:
+        raise ValueError("pixelwise_sample needs a likelihood over the pixel's channels")
+    return _sample(steps_fn, model, variables, key, labels, cond, temperature, known, known_mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _sample(steps_fn, model, variables, key, labels, cond, temperature, known, known_mask):
+    steps_ = steps_fn(model, variables, labels, cond, known)
+    return pixelwise_sample(model, key, temperature, known, known_mask, steps_)

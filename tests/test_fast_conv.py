@@ -1,0 +1,117 @@
+"""The im2col convolutions (`jaxar.fast_conv`) compute what the plain masked ones do.
+
+Each layer is built with conv_impl="plain" and "im2col" on the same variables;
+outputs and gradients (w.r.t. every parameter and the input) must agree to float
+tolerance, and the parameter trees must be identical (checkpoints do not depend
+on the implementation).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from model_checks import tiny_config
+
+import jaxar
+from jaxar import fast_conv, layers
+
+
+def assert_same_function(make, x, *args):
+    """`make(impl)` builds a layer; compares both implementations on x (and args)."""
+    plain, fast = make("plain"), make("im2col")
+    shapes = jax.eval_shape(plain.init, jax.random.key(0), x, *args)
+    fast_shapes = jax.eval_shape(fast.init, jax.random.key(0), x, *args)
+    assert fast_shapes == shapes
+    rng = np.random.default_rng(1)
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_grads(module, variables, x):
+        def loss(variables, x):
+            y = module.apply(variables, x, *args)
+            return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
+        return y, grads
+
+    want = value_and_grads(plain, variables, x)
+    got = value_and_grads(fast, variables, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        scale = float(np.max(np.abs(w))) + 1e-6
+        np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(w) / scale, atol=2e-5)
+    assert float(np.max(np.abs(want[0]))) > 0.1  # not trivially zero
+
+
+def image(channels, batch=3, height=6, width=7, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, height, width, channels)),
+                       jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "kernel,mask_type,dilation,groups,features_in,features,out_blocks",
+    [
+        (1, "B", 1, 3, 6, 6, 2),
+        (3, "A", 1, 1, 1, 4, 1),
+        (3, "B", 2, 1, 4, 4, 1),
+        (5, "A", 1, 3, 3, 6, 1),
+        (5, "B", 2, 3, 6, 12, 2),
+        (7, "B", 1, 1, 4, 3, 1),
+        (7, "A", 3, 3, 3, 6, 1),
+    ],
+)
+def test_masked_conv_im2col_equals_plain(kernel, mask_type, dilation, groups, features_in,
+                                         features, out_blocks):
+    def make(impl):
+        return layers.MaskedConv2D(features, kernel, mask_type, dilation, num_groups=groups,
+                                   out_blocks=out_blocks, conv_impl=impl)
+
+    assert_same_function(make, image(features_in))
+
+
+def test_batch_chunks_with_a_padded_last_chunk(monkeypatch):
+    """Patches of 2 images per chunk: 3 images -> 2 chunks, the last one padded."""
+    def make(impl):
+        return layers.MaskedConv2D(5, 5, "B", 2, conv_impl=impl)
+
+    per_image = 6 * 7 * 13 * 4 * 4  # positions * live taps (5x5 type B) * features * bytes
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 2 * per_image)
+    assert fast_conv._chunk_size(3, (6, 7), 13 * 4, 4) == 2
+    assert_same_function(make, image(4))
+
+
+def test_vertical_stack_im2col_equals_plain():
+    assert_same_function(lambda impl: layers.VerticalStackConv(4, 5, impl), image(3))
+
+
+@pytest.mark.parametrize(
+    "kernel,mask_type,groups,out_blocks", [(3, "A", 1, 1), (5, "B", 1, 1), (5, "B", 3, 2)]
+)
+def test_horizontal_stack_im2col_equals_plain(kernel, mask_type, groups, out_blocks):
+    def make(impl):
+        return layers.HorizontalStackConv(6, kernel, mask_type, groups, out_blocks=out_blocks,
+                                          conv_impl=impl)
+
+    assert_same_function(make, image(3))
+
+
+def test_gated_activation_spatial_conditioning_im2col_equals_plain():
+    cond = image(2, seed=1)
+    assert_same_function(lambda impl: layers.GatedActivation(impl), image(8), None, cond)
+
+
+def test_auto_picks_by_layer_size_on_cpu_and_bad_impl_raises():
+    assert fast_conv.resolve_impl("auto", 1, 64) == "im2col"  # the tests run on CPU
+    assert fast_conv.resolve_impl("auto", 32, 16) == "plain"
+    assert fast_conv.resolve_impl("plain", 64, 64) == "plain"
+    cfg = tiny_config("pixelcnn", (4, 4, 1), 2, conv_impl="fast")
+    with pytest.raises(ValueError, match="model.conv_impl must be one of"):
+        jaxar.build_model(cfg)
+
+
+def test_im2col_rejects_what_it_does_not_implement():
+    x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(NotImplementedError, match="stride 1"):
+        fast_conv._conv_general_dilated("im2col", x, kernel, (2, 2), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
