@@ -14,13 +14,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     cfg.model.ordering = "raster"
 
     cfg.data = ml_collections.ConfigDict()
-    cfg.data.source = "embedded"  # embedded | tfds | synthetic
+    cfg.data.source = "embedded"  # embedded | tfds | folder | synthetic (+ audio sources)
     cfg.data.name = "mnist"
     cfg.data.shape = (28, 28, 1)
     cfg.data.num_levels = 2  # 8-bit pixels are reduced as x * num_levels // 256
     cfg.data.tfds_dir = config_dict.placeholder(str)
     cfg.data.num_train = config_dict.placeholder(int)  # use only the first N examples
     cfg.data.num_test = config_dict.placeholder(int)
+    # Read by data.source="folder" only (see jaxar/image_folder.py).
+    cfg.data.path = ""
+    cfg.data.labels_from_subfolders = False
+    cfg.data.test_fraction = 0.1
 
     cfg.train = ml_collections.ConfigDict()
     cfg.train.num_steps = 1000
@@ -38,9 +42,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     cfg.train.sample_every_steps = 1000
     cfg.train.num_samples = 16
     cfg.train.max_checkpoints = 3
+    # Micro-batches per step: the global batch is cut into this many pieces whose
+    # gradients are averaged, for batches larger than the devices' memory.
+    cfg.train.grad_accum_steps = 1
+    # "bfloat16": the network computes in bf16 on float32 params and optimizer
+    # state; likelihoods and evaluation stay float32.
+    cfg.train.compute_dtype = "float32"
+
+    # Devices as a (data, fsdp) mesh; -1 takes all the devices left. The batch is split
+    # over every device; fsdp > 1 also splits params and optimizer state (leaves of at
+    # least fsdp_min_size elements) over the fsdp axis, for models too large to replicate.
+    cfg.mesh = ml_collections.ConfigDict()
+    cfg.mesh.data = -1
+    cfg.mesh.fsdp = 1
+    cfg.mesh.fsdp_min_size = 2**14
 
     cfg.eval = ml_collections.ConfigDict()
-    cfg.eval.batch_size = 250
+    cfg.eval.batch_size = 256  # global; rounded up to a multiple of the devices
     cfg.eval.ensemble_masks = 1  # MADE: average p(x) over this many mask sets at test time
     return cfg
 
@@ -81,5 +99,20 @@ def seed_survey_training(
         batch_size=128, num_steps=epochs * steps_per_epoch, learning_rate=learning_rate,
         lr_decay=1.0, grad_clip=0.0, ema_decay=0.0, eval_every_steps=steps_per_epoch,
         checkpoint_every_steps=steps_per_epoch, sample_every_steps=5 * steps_per_epoch,
+    )
+    return cfg
+
+
+def embedded_mnist_8bit(cfg: ml_collections.ConfigDict, num_steps: int):
+    """The embedded 5k MNIST sample at all 256 grey levels (28x28x1): real data with no
+    download for the colour models' discretized logistic mixture, sized for a CPU run."""
+    cfg.data.source = "embedded"
+    cfg.data.name = "mnist"
+    cfg.data.shape = (28, 28, 1)
+    cfg.data.num_levels = 256
+    cfg.data.num_test = None
+    cfg.train.update(
+        num_steps=num_steps, eval_every_steps=num_steps // 4,
+        checkpoint_every_steps=num_steps // 4, sample_every_steps=num_steps, num_samples=16,
     )
     return cfg

@@ -1,9 +1,20 @@
 """Orbax checkpoints of the train state, the data iterator position and the config.
 
+The state is saved as the sharded global arrays it is (every process writes its
+shards; the workdir must be shared between processes) and restored onto
+whatever mesh the resuming run has: saved on 8 devices, resumed on 4.
+
 Orbax writes every checkpoint into a temporary directory and renames it when
 complete, so a killed run leaves either a whole checkpoint or none: resuming
-loses at most the steps since the last save. A checkpoint that still fails to
-restore (e.g. a disk fault) is skipped with a warning for the previous one.
+loses at most the steps since the last save. Old checkpoints (beyond
+`max_to_keep`) are pruned here rather than by orbax, which deletes in place:
+a run killed mid-deletion would leave a half-deleted directory under a step's
+name. Here it is first renamed to `.deleting-<step>` (atomic), then removed.
+
+A checkpoint that still fails to restore (a disk fault, a partial copy) is
+skipped with a warning naming it and the step resumed instead, and moved aside
+to `checkpoints/unreadable-<step>` (single-process runs) so the resumed run
+saves that step again.
 """
 
 from __future__ import annotations
@@ -11,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -22,12 +35,24 @@ class Checkpointer:
     """Saves and restores `(state, data_state)` under `workdir/checkpoints/<step>/`."""
 
     def __init__(self, workdir: str | pathlib.Path, max_to_keep: int = 3):
+        if max_to_keep < 1:
+            raise ValueError(f"train.max_checkpoints must be >= 1, got {max_to_keep}")
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self.max_to_keep = max_to_keep
+        self.is_main = jax.process_index() == 0
+        if self.is_main:
+            for leftover in self.directory.glob(".deleting-*"):  # a killed prune
+                shutil.rmtree(leftover, ignore_errors=True)
+        options = ocp.CheckpointManagerOptions(create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict):
-        """Starts an asynchronous save of step `step` (no-op if it already exists)."""
+        """Starts an asynchronous save of step `step` (no-op if it already exists).
+
+        Waits for the previous save first, then prunes the oldest checkpoints.
+        """
+        self.manager.wait_until_finished()
+        self._prune()
         if step in self.manager.all_steps():
             return
         self.manager.save(
@@ -58,18 +83,44 @@ class Checkpointer:
             except Exception as err:  # noqa: BLE001 (any read failure means: try an older one)
                 older = steps[i + 1] if i + 1 < len(steps) else None
                 log.warning(
-                    "checkpoint at step %d is unreadable (%s: %s); falling back to step %s",
-                    step, type(err).__name__, err, older,
+                    "checkpoint at step %d is unreadable (%s: %s); falling back to %s",
+                    step, type(err).__name__, err,
+                    "no checkpoint" if older is None else f"the checkpoint at step {older}",
                 )
+                self._move_aside(step)
                 continue
             return restored["state"], restored["data"], step
         return None
+
+    def _prune(self) -> None:
+        """Removes all but the newest `max_to_keep` checkpoints: rename, then delete."""
+        steps = sorted(self.manager.all_steps())
+        if not self.is_main or len(steps) <= self.max_to_keep:
+            return
+        for step in steps[: -self.max_to_keep]:
+            doomed = self.directory / f".deleting-{step}"
+            (self.directory / str(step)).rename(doomed)
+            shutil.rmtree(doomed)
+        self.manager.reload()
+
+    def _move_aside(self, step: int) -> None:
+        """Renames an unreadable checkpoint out of the manager's sight (kept for inspection)."""
+        if jax.process_count() > 1:  # other processes may still be reading it
+            return
+        target = self.directory / f"unreadable-{step}"
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = self.directory / f"unreadable-{step}.{suffix}"
+        (self.directory / str(step)).rename(target)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        self._prune()
         self.manager.close()
 
 
@@ -87,14 +138,22 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None):
         raise ValueError(f"workdir {str(workdir)!r} holds no config.json: not a jaxar run")
     cfg = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     cfg.data.shape = tuple(cfg.data.shape)
-    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints")
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_handlers=handlers)
     steps = manager.all_steps()
     if not steps:
         raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
     step = max(steps) if step is None else step
     if step not in steps:
         raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Whatever devices or processes wrote the checkpoint, read it onto one local device.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
+    )
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     state = state["state"]
     manager.close()
     variables = {"params": state["ema_params"]}

@@ -14,6 +14,11 @@ Sources (`cfg.data.source` / `cfg.data.name`):
 - "synthetic" / "random" | "stripes": generated from `cfg.seed`; sizes `data.num_train`
   (default 512) and `data.num_test` (default 128). "stripes" images are constant along
   rows or along columns, so even tiny models can learn them.
+- Audio (`jaxar.audio`): "synthetic" / "sinusoids" (random sums of sine tones) and
+  "tfds" / "speech_commands" | "nsynth" | "nsynth/gansynth_subset" (prepared ArrayRecord
+  read without tfds builders), cropped to `data.shape` = (length,), 8-bit mu-law codes.
+- "folder" (any name): every image under `data.path`, centre-cropped and resized to
+  `data.shape`, split by path hash, optional labels from sub-folders (`jaxar.image_folder`).
 
 Every source declares how many levels its stored values have (256 for 8-bit images, 2 for
 binary data, `data.num_levels` for synthetic data); values are reduced to
@@ -38,7 +43,9 @@ import jax
 import ml_collections
 import numpy as np
 
-SOURCES = ("embedded", "synthetic", "tfds")
+from jaxar import audio
+
+SOURCES = ("embedded", "synthetic", "tfds", "folder")
 EMBEDDED_NAMES = ("mnist",)
 SYNTHETIC_NAMES = ("random", "stripes")
 # TFDS image datasets with a fixed shape and "train"/"test" splits (binarized_mnist's
@@ -312,6 +319,9 @@ def _synthetic(data: ml_collections.ConfigDict, split: str, seed: int) -> ArrayS
         raise ValueError(f"data.num_classes={num_classes!r} must be a non-negative int")
     rng = np.random.default_rng((seed, ("train", "test").index(split), _SYNTHETIC_STREAM))
     labels = rng.integers(0, max(num_classes, 1), size).astype(np.int32)
+    if data.name in audio.SYNTHETIC_NAMES:
+        waves = audio.synthetic_waveforms(rng, labels, num_classes, math.prod(data.shape))
+        return ArraySource(waves, labels, num_classes, levels=audio.LEVELS)
     shape = _synthetic_shape(data.name, tuple(data.shape))
     if data.name == "random":
         images = rng.integers(0, data.num_levels, (size, *shape))
@@ -336,8 +346,10 @@ def _check_names(data: ml_collections.ConfigDict) -> None:
     """Raises a ValueError naming data.source / data.name if they are unknown."""
     if data.source not in SOURCES:
         raise ValueError(f"data.source={data.source!r} is unknown; expected one of {SOURCES}")
-    names = {"embedded": EMBEDDED_NAMES, "synthetic": SYNTHETIC_NAMES,
-             "tfds": TFDS_NAMES}[data.source]
+    if data.source == "folder":  # data.name only labels the run
+        return
+    names = {"embedded": EMBEDDED_NAMES, "synthetic": SYNTHETIC_NAMES + audio.SYNTHETIC_NAMES,
+             "tfds": TFDS_NAMES + audio.TFDS_NAMES}[data.source]
     if data.name not in names:
         raise ValueError(
             f"data.name={data.name!r} is unknown for data.source={data.source!r}; "
@@ -361,6 +373,14 @@ def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
         return _embedded_mnist(split)
     if data.source == "synthetic":
         return _synthetic(data, split, cfg.seed)
+    if data.source == "folder":
+        from jaxar import image_folder  # imports this module
+
+        return image_folder.folder_source(data, split)
+    if data.name in audio.TFDS_NAMES:
+        return audio.TfdsAudioSource(
+            data.name, split, data.get("tfds_dir", None), math.prod(data.shape)
+        )
     return _tfds(data.name, split, data.get("tfds_dir", None))
 
 

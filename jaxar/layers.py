@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxar import cache, fast_conv
+
 Dtype = jnp.dtype
 
 
@@ -36,7 +38,7 @@ def group_ids(n: int, num_groups: int, blocks: int = 1) -> np.ndarray:
     return np.tile(np.arange(per_block) * num_groups // per_block, blocks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def conv_mask(
     kernel_hw: tuple[int, int],
     centre: tuple[int, int],
@@ -62,7 +64,7 @@ def conv_mask(
     mask = np.broadcast_to(spatial[:, :, None, None], (kh, kw, len(in_groups), len(out_groups)))
     mask = mask.copy()
     mask[ci, cj] = centre_ok
-    return mask.astype(np.float32)
+    return mask  # bool: `kernel * mask` keeps the kernel's dtype (float32 or bfloat16)
 
 
 class MaskedConv2D(nn.Module):
@@ -71,6 +73,10 @@ class MaskedConv2D(nn.Module):
     Output (i, j, group o) can NOT see: any pixel in a row below i; pixels
     (i, j') with j' > j; at pixel (i, j) itself, input groups > o (type B) or
     >= o (type A). With one group, type A excludes the whole centre pixel.
+
+    `conv_impl` (`jaxar.fast_conv`): "plain" multiplies a dense kernel by the
+    mask; "im2col" never computes the masked taps; "auto" picks per backend.
+    Decodes one pixel at a time under `jaxar.cache`.
     """
 
     features: int
@@ -81,6 +87,7 @@ class MaskedConv2D(nn.Module):
     in_blocks: int = 1
     out_blocks: int = 1
     use_bias: bool = True
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
@@ -99,14 +106,25 @@ class MaskedConv2D(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, in_features, self.features)
         )
         pad = self.dilation * (k // 2)
-        y = jax.lax.conv_general_dilated(
-            x_BHWC,
-            kernel * mask,
-            window_strides=(1, 1),
-            padding=((pad, pad), (pad, pad)),
-            rhs_dilation=(self.dilation, self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        window = cache.neighbourhood(self, x_BHWC, pad, pad, pad)
+        impl = "im2col" if window is not None else fast_conv.resolve_impl(
+            self.conv_impl, in_features, self.features
         )
+        if impl == "plain":
+            y = jax.lax.conv_general_dilated(
+                x_BHWC,
+                kernel * mask,
+                window_strides=(1, 1),
+                padding=((pad, pad), (pad, pad)),
+                rhs_dilation=(self.dilation, self.dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        else:  # the rows below the centre are all masked: pad above only and drop them
+            rows = k // 2 + 1
+            x, padding = (window, ((0, 0), (0, 0))) if window is not None else (
+                x_BHWC, ((pad, 0), (pad, pad))
+            )
+            y = fast_conv.conv(x, kernel[:rows], mask[:rows], self.dilation, impl, padding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y
@@ -145,17 +163,25 @@ class VerticalStackConv(nn.Module):
     Implemented by padding k//2 rows on top and cropping, not by masking.
     Output (i, j) can NOT see any row below i (it does see all of row i within
     the kernel width, which is why it reaches the horizontal stack only through
-    `down_shift`).
+    `down_shift`). Decodes a whole row at a time under `jaxar.cache`.
     """
 
     features: int
     kernel_size: int
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        x = jnp.pad(x_BHWC, ((0, 0), (k // 2, 0), (k // 2, k // 2), (0, 0)))
-        return nn.Conv(self.features, (k // 2 + 1, k), padding="VALID")(x)
+        half = self.kernel_size // 2
+        x = cache.neighbourhood(self, x_BHWC, half, half, half, whole_rows=True)
+        impl = "im2col" if x is not None else self.conv_impl
+        if x is None:
+            x = jnp.pad(x_BHWC, ((0, 0), (half, 0), (half, half), (0, 0)))
+        conv_fn = fast_conv.conv_general_dilated_fn(impl)
+        return nn.Conv(
+            self.features, (half + 1, self.kernel_size), padding="VALID",
+            conv_general_dilated=conv_fn,
+        )(x)
 
 
 class HorizontalStackConv(nn.Module):
@@ -165,7 +191,8 @@ class HorizontalStackConv(nn.Module):
     current pixel: with one channel group it is dropped for type "A" (a right
     shift) and kept for "B"; with several groups it is masked per group as in
     `MaskedConv2D`. Output (i, j, group o) can NOT see other rows, columns
-    > j, or current-pixel groups > o (B) / >= o (A).
+    > j, or current-pixel groups > o (B) / >= o (A). Decodes one pixel at a
+    time under `jaxar.cache`.
     """
 
     features: int
@@ -174,16 +201,24 @@ class HorizontalStackConv(nn.Module):
     num_groups: int = 1
     in_blocks: int = 1
     out_blocks: int = 1
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
         half = self.kernel_size // 2
-        if self.num_groups == 1 and self.mask_type == "A":
-            x = jnp.pad(right_shift(x_BHWC), ((0, 0), (0, 0), (half - 1, 0), (0, 0)))
-            return nn.Conv(self.features, (1, half), padding="VALID")(x)
-        if self.num_groups == 1:
+        x = cache.neighbourhood(self, x_BHWC, 0, half, 0)
+        impl = "im2col" if x is not None else self.conv_impl
+        if x is None:
             x = jnp.pad(x_BHWC, ((0, 0), (0, 0), (half, 0), (0, 0)))
-            return nn.Conv(self.features, (1, half + 1), padding="VALID")(x)
+        conv_fn = fast_conv.conv_general_dilated_fn(impl)
+        if self.num_groups == 1 and self.mask_type == "A":  # a right shift: drop the last tap
+            return nn.Conv(
+                self.features, (1, half), padding="VALID", conv_general_dilated=conv_fn
+            )(x[:, :, :-1])
+        if self.num_groups == 1:
+            return nn.Conv(
+                self.features, (1, half + 1), padding="VALID", conv_general_dilated=conv_fn
+            )(x)
         in_features = x_BHWC.shape[-1]
         mask = conv_mask(
             (1, half + 1),
@@ -196,11 +231,8 @@ class HorizontalStackConv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (1, half + 1, in_features, self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        x = jnp.pad(x_BHWC, ((0, 0), (0, 0), (half, 0), (0, 0)))
-        y = jax.lax.conv_general_dilated(
-            x, kernel * mask, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        return y + bias
+        impl = fast_conv.resolve_impl(impl, in_features, self.features)
+        return fast_conv.conv(x, kernel, mask, 1, impl) + bias
 
 
 class GatedActivation(nn.Module):
@@ -212,13 +244,18 @@ class GatedActivation(nn.Module):
     causality over the image. `x` must have an even number of features.
     """
 
+    conv_impl: str = "auto"
+
     @nn.compact
     def __call__(self, x_BHWF, h_BD=None, s_BHWD=None) -> jax.Array:
         features = x_BHWF.shape[-1]
         if h_BD is not None:
             x_BHWF = x_BHWF + nn.Dense(features, use_bias=False)(h_BD)[:, None, None, :]
         if s_BHWD is not None:
-            x_BHWF = x_BHWF + nn.Conv(features, (1, 1), use_bias=False)(s_BHWD)
+            conv_fn = fast_conv.conv_general_dilated_fn(self.conv_impl)
+            x_BHWF = x_BHWF + nn.Conv(
+                features, (1, 1), use_bias=False, conv_general_dilated=conv_fn
+            )(s_BHWD)
         a, b = jnp.split(x_BHWF, 2, axis=-1)
         return jnp.tanh(a) * jax.nn.sigmoid(b)
 

@@ -55,7 +55,8 @@ def parse_labels(spec: str | None, model, num: int):
         try:
             values = [int(v) for v in spec.split(",")]
         except ValueError:
-            raise ValueError(f"--labels must be 'all' or comma-separated ints, got {spec!r}") from None
+            message = f"--labels must be 'all' or comma-separated ints, got {spec!r}"
+            raise ValueError(message) from None
     return np.resize(np.asarray(values, np.int32), num)
 
 

@@ -1,15 +1,20 @@
 """Training: the train state, one pure train step, evaluation and the loop.
 
-`train_step` is jitted once with the batch sharded over a `data` mesh axis
-(every device, every host) and the state replicated and donated. The loss is
-the mean negative log-likelihood in bits per dimension; the Polyak average of
-the parameters (`ema_params`) is what is evaluated and sampled from.
+`train_step` is jitted once over a (data, fsdp) device mesh (`jaxar.sharding`):
+the global batch is split over every device of every process, the state is
+replicated (or FSDP-sharded) and donated. The loss is the mean negative
+log-likelihood in bits per dimension; the Polyak average of the parameters
+(`ema_params`) is what is evaluated and sampled from. `train.grad_accum_steps`
+cuts the global batch into micro-batches whose gradients are averaged;
+`train.compute_dtype = "bfloat16"` runs the network in bfloat16 on float32
+parameters and computes likelihoods in float32.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -20,15 +25,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar import checkpoint, data, reporting, sampling
+from jaxar import checkpoint, data, precision, reporting, sampling, sharding
 from jaxar import models as models_lib
 from jaxar.models import made
 from jaxar.models.common import rng_context
 
 log = logging.getLogger(__name__)
+
+# Leaves smaller than this stay replicated under FSDP: gathering them costs more
+# latency than their memory is worth.
+DEFAULT_FSDP_MIN_SIZE = 2**14
 
 
 @flax.struct.dataclass
@@ -50,11 +59,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     return optax.chain(*chain)
 
 
-def create_train_state(model, cfg, key, batch) -> TrainState:
-    """Initializes params (data-dependent where layers need it) on `batch`."""
-    init_key, rng = jax.random.split(key)
-    x = jnp.asarray(batch["x"][: cfg.train.init_batch_size])
-    labels = jnp.asarray(batch["labels"][: x.shape[0]]) if model.num_classes else None
+def create_train_state(model, cfg, init_key, rng, x, labels=None) -> TrainState:
+    """A fresh state; params are initialized on batch x (data-dependent where layers need it)."""
     variables = models_lib.init_variables(model, cfg, init_key, x=x, labels=labels)
     params = variables["params"]
     return TrainState(
@@ -75,36 +81,73 @@ def _apply_kwargs(model, rng, train: bool) -> dict:
     return {}
 
 
-def nll_nats(model, params, batch_stats, batch, rng=None, train=False):
-    """Per-example negative log-likelihood in nats `[B]`, and updated batch stats."""
+def nll_nats(model, params, batch_stats, batch, rng=None, train=False,
+             dtype=jnp.float32, micro_step=None):
+    """Per-example negative log-likelihood in nats `[B]` (float32), and updated batch stats.
+
+    The network runs in `dtype`; `micro_step` (gradient accumulation) gives each
+    micro-batch its own dropout while the step's other random choices are shared.
+    """
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     labels = batch["labels"] if model.num_classes else None
     cond = models_lib.default_cond(model, batch["x"])
     kwargs = dict(train=train, **_apply_kwargs(model, rng, train))
     if train:
         dropout_rng, _ = jax.random.split(rng)
+        if micro_step is not None:
+            dropout_rng = jax.random.fold_in(dropout_rng, micro_step)
         kwargs["rngs"] = {"dropout": dropout_rng}
-    if train and batch_stats:
-        params_out, updates = model.apply(
-            variables, batch["x"], labels, cond, mutable=["batch_stats"], **kwargs
-        )
-        batch_stats = updates["batch_stats"]
-    else:
-        params_out = model.apply(variables, batch["x"], labels, cond, **kwargs)
-    lp = models_lib.grouped_log_prob(model, params_out, batch["x"])
-    return -lp.reshape(lp.shape[0], -1).sum(-1), batch_stats
+    mutable = ["batch_stats"] if train and batch_stats else False
+    if np.dtype(dtype) != np.float32:
+        variables = {**variables, "params": precision.cast_floats(params, dtype)}
+    with precision.compute_in(dtype):
+        out = model.apply(variables, batch["x"], labels, cond, mutable=mutable, **kwargs)
+    params_out, updates = out if mutable else (out, {"batch_stats": batch_stats})
+    lp = models_lib.grouped_log_prob(model, params_out.astype(jnp.float32), batch["x"])
+    return -lp.reshape(lp.shape[0], -1).sum(-1), updates["batch_stats"]
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float):
-    """One optimizer step on `batch`; returns the new state and scalar metrics."""
+def _accumulate(grad_fn, state, batch, accum_steps: int, micro_sharding):
+    """`grad_fn`'s loss, aux and gradients averaged over `accum_steps` micro-batches."""
+
+    def split(a):  # micro-batch j takes rows j, j + k, ...: each device keeps its own rows
+        a = a.reshape(a.shape[0] // accum_steps, accum_steps, *a.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(a, micro_sharding)
+
+    def body(carry, inputs):
+        grads_sum, loss_sum, nll_sum, batch_stats = carry
+        micro, j = inputs
+        (loss, (nll, batch_stats)), grads = grad_fn(state.params, batch_stats, micro, j)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        return (grads_sum, loss_sum + loss, nll_sum + nll, batch_stats), None
+
+    zero = jnp.zeros((), jnp.float32)
+    init = (jax.tree.map(jnp.zeros_like, state.params), zero, zero, state.batch_stats)
+    micro_batches = (jax.tree.map(split, batch), jnp.arange(accum_steps))
+    (grads, loss, nll, batch_stats), _ = jax.lax.scan(body, init, micro_batches)
+    mean = lambda x: x / accum_steps
+    return (mean(loss), (mean(nll), batch_stats)), jax.tree.map(mean, grads)
+
+
+def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float,
+               dtype=jnp.float32, accum_steps: int = 1, micro_sharding=None):
+    """One optimizer step on the global `batch`; returns the new state and scalar metrics."""
     rng, step_rng = jax.random.split(state.rng)
 
-    def loss_fn(params):
-        nll, batch_stats = nll_nats(model, params, state.batch_stats, batch, step_rng, True)
+    def loss_fn(params, batch_stats, micro, micro_step):
+        nll, batch_stats = nll_nats(
+            model, params, batch_stats, micro, step_rng, True, dtype, micro_step
+        )
         bpd = models_lib.nats_to_bits_per_dim(nll, model.event_shape)
         return bpd.mean(), (nll.mean(), batch_stats)
 
-    (loss, (nll, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, (nll, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, None)
+    else:
+        (loss, (nll, batch_stats)), grads = _accumulate(
+            grad_fn, state, batch, accum_steps, micro_sharding
+        )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # The average warms up as in tf.train.ExponentialMovingAverage(num_updates=step), so a
@@ -124,7 +167,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float):
 
 
 def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
-    """Sums of masked NLL (nats) and of the mask over one padded eval batch.
+    """Sums of masked NLL (nats) and of the mask over one padded eval batch, in float32.
 
     `ensemble_masks > 1` (MADE) scores the mean probability over that many mask sets.
     """
@@ -138,55 +181,95 @@ def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
 
 
 class Trainer:
-    """Jitted, sharded steps for one model and config; keeps host code out of them."""
+    """Jitted, sharded steps for one model and config; keeps host code out of them.
 
-    def __init__(self, model, cfg):
+    `devices` (default: all devices of all processes) are laid out as `cfg.mesh`.
+    Checks train.batch_size against the mesh before anything compiles.
+    """
+
+    def __init__(self, model, cfg, devices=None):
         self.model, self.cfg = model, cfg
-        self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+        mesh_cfg = cfg.get("mesh", None) or {}
+        self.mesh = sharding.make_mesh(mesh_cfg, devices)
+        accum_steps = cfg.train.get("grad_accum_steps", 1)
+        sharding.check_batch_size(cfg.train.batch_size, self.mesh, accum_steps)
         self.replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.data_shard = sharding.data_shard(self.batch_sharding)
+        # Evaluation fills every device; the padding rows are masked out.
+        self.eval_batch_size = -(-data.eval_batch_size(cfg) // self.mesh.size) * self.mesh.size
         self.optimizer = make_optimizer(cfg)
+        self.abstract_state = self._abstract_state(
+            mesh_cfg.get("fsdp_min_size", DEFAULT_FSDP_MIN_SIZE))
+        state_sharding = jax.tree.map(lambda s: s.sharding, self.abstract_state)
+        self._init = jax.jit(
+            functools.partial(create_train_state, model, cfg), out_shardings=state_sharding
+        )
         step = functools.partial(
-            train_step, model=model, optimizer=self.optimizer, ema_decay=cfg.train.ema_decay
+            train_step, model=model, optimizer=self.optimizer, ema_decay=cfg.train.ema_decay,
+            dtype=precision.compute_dtype(cfg), accum_steps=accum_steps,
+            micro_sharding=NamedSharding(self.mesh, P(None, sharding.BATCH_AXES)),
         )
         self.train_step = jax.jit(
             step,
-            in_shardings=(self.replicated, self.batch_sharding),
-            out_shardings=(self.replicated, self.replicated),
+            in_shardings=(state_sharding, self.batch_sharding),
+            out_shardings=(state_sharding, self.replicated),
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
             functools.partial(
                 eval_step, model=model, ensemble_masks=cfg.eval.get("ensemble_masks", 1)
             ),
-            in_shardings=(self.replicated, self.replicated, self.batch_sharding),
+            in_shardings=(
+                state_sharding.ema_params, state_sharding.batch_stats, self.batch_sharding
+            ),
             out_shardings=self.replicated,
         )
 
+    def _abstract_state(self, fsdp_min_size: int) -> TrainState:
+        """Shapes, dtypes and shardings of a new state (for init and restore), computing nothing."""
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+        x = jax.ShapeDtypeStruct((self.cfg.train.init_batch_size, *self.model.event_shape),
+                                 jnp.int32)
+        labels = jax.ShapeDtypeStruct(x.shape[:1], jnp.int32) if self.model.num_classes else None
+        shapes = jax.eval_shape(
+            functools.partial(create_train_state, self.model, self.cfg), key, key, x, labels
+        )
+        shardings = sharding.state_shardings(shapes, self.mesh, fsdp_min_size)
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+        )
+
     def device_batch(self, batch: dict) -> dict:
-        """Process-local numpy batch -> global arrays sharded over the data axis."""
+        """This process's block of a global batch (numpy) -> global arrays split over the mesh."""
         return {
             k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in batch.items()
         }
 
     def init_state(self, key, batch) -> TrainState:
-        state = create_train_state(self.model, self.cfg, key, batch)
-        return jax.device_put(state, self.replicated)
+        """A new state, created already sharded, initialized on the first
+        `train.init_batch_size` rows of `batch` (a global batch every process holds)."""
+        init_key, rng = jax.random.split(key)
+        x = np.asarray(batch["x"][: self.cfg.train.init_batch_size])
+        # Split over the devices when it divides, so data-dependent init reduces across them.
+        x_sharding = self.batch_sharding if len(x) % self.mesh.size == 0 else self.replicated
+        args = [sharding.global_array(k, self.replicated) for k in (init_key, rng)]
+        args.append(sharding.global_array(x, x_sharding))
+        if self.model.num_classes:
+            args.append(sharding.global_array(batch["labels"][: len(x)], x_sharding))
+        # No rng_context here: init_variables draws its weights under one itself, and
+        # its key split stays as it always was.
+        return self._init(*args)
 
-    def abstract_state(self, key, batch) -> TrainState:
-        """Shapes, dtypes and shardings of `init_state(key, batch)`, computing nothing."""
-        shapes = jax.eval_shape(functools.partial(create_train_state, self.model, self.cfg), key,
-                                batch)
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes
-        )
+    def to_host(self, tree):
+        """Numpy copy of (part of) the state on every process."""
+        return sharding.to_host(tree, self.mesh)
 
     def evaluate(self, state: TrainState, test_split) -> dict[str, float]:
         """Test-set bits/dim (and nats per example) of the EMA params, exact over the split."""
         total, count = 0.0, 0.0
-        batch_size = data.eval_batch_size(self.cfg)
-        for batch in data.eval_batches(test_split, batch_size):
+        for batch in data.eval_batches(test_split, self.eval_batch_size, *self.data_shard):
             out = self.eval_step(state.ema_params, state.batch_stats, self.device_batch(batch))
             total += float(out["nll_sum"])
             count += float(out["count"])
@@ -195,24 +278,30 @@ class Trainer:
         return {"eval/bpd": bpd, "eval/nll_nats": nats}
 
 
-def write_samples(model, cfg, state, step: int, workdir: pathlib.Path, test_split) -> None:
-    """Draws `train.num_samples` samples with the EMA params into samples_<step>.png."""
+def write_samples(trainer: Trainer, state, step: int, workdir: pathlib.Path, test_split) -> None:
+    """Draws `train.num_samples` samples with the EMA params into samples_<step>.png.
+
+    Every process gathers the parameters; process 0 samples (on one device) and writes.
+    """
+    model, cfg = trainer.model, trainer.cfg
+    variables = {"params": state.ema_params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    variables = trainer.to_host(variables)
+    if jax.process_index() != 0:
+        return
     n = cfg.train.num_samples
     labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes if model.num_classes else None
     cond = None
     if getattr(model, "cond_shape", None):
         first = test_split.get(np.arange(min(n, len(test_split))))["x"]
         cond = models_lib.default_cond(model, jnp.asarray(np.resize(first, (n, *first.shape[1:]))))
-    variables = {"params": state.ema_params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
     x = sampling.sample(model, variables, key, n, labels=labels, cond=cond)
-    if jax.process_index() == 0:
-        image_shape = cfg.data.get("image_shape", None)
-        reporting.save_image_grid(
-            workdir / f"samples_{step}.png", np.asarray(x), model.num_levels, image_shape
-        )
+    image_shape = cfg.data.get("image_shape", None)
+    reporting.save_image_grid(
+        workdir / f"samples_{step}.png", np.asarray(x), model.num_levels, image_shape
+    )
 
 
 def _check_finite(step: int, metrics: dict) -> dict[str, float]:
@@ -222,24 +311,45 @@ def _check_finite(step: int, metrics: dict) -> dict[str, float]:
     return values
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains `cfg` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+def _usable_workdir(workdir) -> pathlib.Path:
+    """`workdir` as a path, created if missing; ValueError if it cannot be written."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--workdir {str(workdir)!r} cannot be created: {err}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir {str(workdir)!r} is not writable")
+    return workdir
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains `cfg` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+    With several processes, every process runs this with the same arguments and
+    `workdir` must be one shared directory; process 0 writes metrics and samples.
+    """
+    workdir = _usable_workdir(workdir)
     is_main = jax.process_index() == 0
     if is_main:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     model = models_lib.build_model(cfg)
-    train_iter, test_split = data.create_datasets(cfg)
     trainer = Trainer(model, cfg)
+    data_cfg = cfg.copy_and_resolve_references()
+    data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
+    train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
     ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
+    if is_main:
+        mesh = trainer.mesh.shape
+        print(f"{jax.process_count()} process(es), {jax.device_count()} device(s): mesh "
+              f"data={mesh[sharding.DATA]} x fsdp={mesh[sharding.FSDP]}", flush=True)
 
-    key = jax.random.PRNGKey(cfg.seed)
-    init_count = min(cfg.train.init_batch_size, len(train_iter.split))
-    init_batch = train_iter.split.get(np.arange(init_count))
-    restored = ckpt.restore_latest(trainer.abstract_state(key, init_batch))
+    restored = ckpt.restore_latest(trainer.abstract_state)
     if restored is None:
-        state = trainer.init_state(key, init_batch)
+        # Every process reads the whole (small) init batch.
+        init_count = min(cfg.train.init_batch_size, len(train_iter.split))
+        init_batch = train_iter.split.get(np.arange(init_count))
+        state = trainer.init_state(jax.random.PRNGKey(cfg.seed), init_batch)
     else:
         state, data_state, step = restored
         train_iter.set_state(data_state)
@@ -255,7 +365,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
 
 
 def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir):
-    cfg, model = trainer.cfg, trainer.model
+    cfg = trainer.cfg
     t = cfg.train
     start = int(state.step)
     progress = _progress(start, t.num_steps)
@@ -282,9 +392,10 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir):
         if step % t.eval_every_steps == 0 or last:
             result = trainer.evaluate(state, test_split)
             writer.write(step, result)
-            progress.write(f"step {step}: eval bpd {result['eval/bpd']:.4f}")
+            if jax.process_index() == 0:
+                progress.write(f"step {step}: eval bpd {result['eval/bpd']:.4f}")
         if step % t.sample_every_steps == 0 or last:
-            write_samples(model, cfg, state, step, workdir, test_split)
+            write_samples(trainer, state, step, workdir, test_split)
         if step % t.checkpoint_every_steps == 0 or last:
             ckpt.save(step, state, train_iter.get_state(), cfg)
         if step % t.eval_every_steps == 0 or step % t.sample_every_steps == 0:
@@ -297,4 +408,3 @@ def _progress(start: int, total: int):
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     return tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0)
-

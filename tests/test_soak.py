@@ -29,6 +29,12 @@ def full_state(workdir, step):
     return restored["state"], restored["data"]
 
 
+def checkpoint_steps(workdir):
+    """Steps of the finished checkpoints in `workdir` (orbax renames a finished one to its step)."""
+    directory = pathlib.Path(workdir) / "checkpoints"
+    return [int(p.name) for p in directory.glob("*") if p.name.isdigit()]
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     cfg = jaxar.load_config(CONFIG)
@@ -43,10 +49,14 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     for attempt in range(12):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        # Kill somewhere between start-up and the end of training (start-up is most of it).
-        deadline = time.monotonic() + rng.uniform(4.0, 14.0)
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Kill a random moment after the run's next checkpoint appears: mid-training, while
+        # later checkpoints are being written (4 kills, then it may finish).
+        if kills == 4:
+            proc.wait()
+        seen = set(checkpoint_steps(workdir))
+        while proc.poll() is None and set(checkpoint_steps(workdir)) <= seen:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -61,8 +71,11 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
             full_state(workdir, step)
     else:
         pytest.fail("training did not finish in 12 attempts")
-    assert kills >= 2, "the test must actually interrupt training"
+    assert kills == 4, "the test must actually interrupt training"
 
+    # Older checkpoints were pruned whole (max_checkpoints = 3), even when killed mid-prune.
+    assert sorted(checkpoint_steps(workdir)) == [36, 38, 40]
+    assert not list((workdir / "checkpoints").glob(".deleting-*"))
     reference, ref_data = full_state(tmp_path / "reference", 40)
     resumed, data = full_state(workdir, 40)
     assert data == ref_data

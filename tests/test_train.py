@@ -58,6 +58,24 @@ def test_resume_equals_uninterrupted(tmp_path, name):
     assert steps == [3, 6]
 
 
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    full = train.train_and_evaluate(smoke(), tmp_path / "full")
+    run = tmp_path / "run"
+    train.train_and_evaluate(smoke(num_steps=3), run)
+    train.train_and_evaluate(smoke(), run)
+    for f in (run / "checkpoints" / "6" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not a checkpoint")  # a disk fault or a partial copy
+    with caplog.at_level("WARNING", logger="jaxar.checkpoint"):
+        resumed = train.train_and_evaluate(smoke(), run)
+    assert "checkpoint at step 6 is unreadable" in caplog.text
+    assert "falling back to the checkpoint at step 3" in caplog.text
+    for a, b in zip(params_of(full), params_of(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["3", "6", "unreadable-6"]  # step 6 saved again, whole
+
+
 def test_nan_loss_raises_with_step(tmp_path):
     with pytest.raises(FloatingPointError, match="at step 2"):
         train.train_and_evaluate(smoke(learning_rate=float("nan")), tmp_path)

@@ -8,13 +8,26 @@ import math
 import jax
 import numpy as np
 
-from jaxar.models import common, gated_pixelcnn, made, pixelcnn
+from jaxar.models import (
+    common,
+    gated_pixelcnn,
+    made,
+    pixelcnn,
+    pixelcnn_pp,
+    pixelsnail,
+    transformer,
+    wavenet,
+)
 
 # name -> from_config(model_cfg, shape, num_levels)
 REGISTRY = {
     "made": made.from_config,
     "pixelcnn": pixelcnn.from_config,
     "gated_pixelcnn": gated_pixelcnn.from_config,
+    "pixelcnn_pp": pixelcnn_pp.from_config,
+    "pixelsnail": pixelsnail.from_config,
+    "wavenet": wavenet.from_config,
+    "transformer": transformer.from_config,
 }
 
 
@@ -26,14 +39,19 @@ def build_model(cfg):
     num_levels = int(cfg.data.num_levels)
     if num_levels < 2:
         raise ValueError(f"data.num_levels must be >= 2, got {num_levels}")
-    return REGISTRY[name](cfg.model, tuple(cfg.data.shape), num_levels)
+    model = REGISTRY[name](cfg.model, tuple(cfg.data.shape), num_levels)
+    if model.likelihood.num_levels != num_levels:  # builds, so checks, the likelihood
+        raise ValueError(f"model.likelihood does not model data.num_levels={num_levels}")
+    return model
 
 
 def default_cond(model, x):
-    """The spatial conditioning map a model trains on: a low-resolution copy of x, or None."""
+    """The conditioning input a model trains on: a low-resolution copy of x, or None."""
     cond_shape = getattr(model, "cond_shape", None)
     if not cond_shape:
         return None
+    if len(model.event_shape) == 1:  # sequences: local features at a lower rate
+        return wavenet.lowres_condition(x, model.num_levels, cond_shape)
     return gated_pixelcnn.lowres_condition(x, model.num_levels, cond_shape)
 
 

@@ -11,6 +11,10 @@ and every layer feeds a skip connection into the output head.
 Spatial conditioning: `cond_shape = (h, w, d)` makes `cond` a float input
 `[B, h, w, d]`; `lowres_condition` builds one from the image itself (a
 down-sampled copy), which turns the model into p(image | low-resolution image).
+
+`conv_impl` picks how the stacks' convolutions run (`jaxar.fast_conv`);
+`cached_sampler` (`jaxar.models.gated_pixelcnn_cache`) computes the vertical
+stack a row at a time and the horizontal stack a pixel at a time from caches.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxar import distributions, layers
-from jaxar.models import common
+from jaxar import distributions, fast_conv, layers
+from jaxar.models import common, decoding
 
 
 class GatedPixelCNN(nn.Module):
@@ -34,6 +38,7 @@ class GatedPixelCNN(nn.Module):
     num_classes: int = 0
     cond_shape: tuple[int, ...] | None = None
     cond_features: int = 16
+    conv_impl: str = "auto"
 
     @property
     def likelihood(self):
@@ -48,7 +53,8 @@ class GatedPixelCNN(nn.Module):
 
     def _masked_1x1(self, features, out_blocks=1):
         return layers.MaskedConv2D(
-            features, 1, "B", num_groups=self.num_groups, out_blocks=out_blocks
+            features, 1, "B", num_groups=self.num_groups, out_blocks=out_blocks,
+            conv_impl=self.conv_impl,
         )
 
     @nn.compact
@@ -62,23 +68,39 @@ class GatedPixelCNN(nn.Module):
         p = self.features
 
         x_in = layers.scale_to_unit(x, self.num_levels)
-        v = layers.VerticalStackConv(p, self.input_kernel_size)(x_in)
-        h = layers.HorizontalStackConv(p, self.input_kernel_size, "A", self.num_groups)(x_in)
-        h = h + nn.Conv(p, (1, 1))(layers.down_shift(v))
+        impl = self.conv_impl
+        v = layers.VerticalStackConv(p, self.input_kernel_size, impl)(x_in)
+        h = layers.HorizontalStackConv(
+            p, self.input_kernel_size, "A", self.num_groups, conv_impl=impl
+        )(x_in)
+        conv_fn = fast_conv.conv_general_dilated_fn(impl)
+        h = h + nn.Conv(p, (1, 1), conv_general_dilated=conv_fn)(layers.down_shift(v))
         skip = 0.0
         for _ in range(self.num_layers):
-            v_pre = layers.VerticalStackConv(2 * p, self.kernel_size)(v)
+            v_pre = layers.VerticalStackConv(2 * p, self.kernel_size, impl)(v)
             h_pre = layers.HorizontalStackConv(
-                2 * p, self.kernel_size, "B", self.num_groups, out_blocks=2
+                2 * p, self.kernel_size, "B", self.num_groups, out_blocks=2, conv_impl=impl
             )(h)
-            h_pre = h_pre + nn.Conv(2 * p, (1, 1))(layers.down_shift(v_pre))
-            v = layers.GatedActivation()(v_pre, label_BK, cond_BHWD)
-            h_gated = layers.GatedActivation()(h_pre, label_BK, cond_BHWD)
+            h_pre = h_pre + nn.Conv(2 * p, (1, 1), conv_general_dilated=conv_fn)(
+                layers.down_shift(v_pre)
+            )
+            v = layers.GatedActivation(impl)(v_pre, label_BK, cond_BHWD)
+            h_gated = layers.GatedActivation(impl)(h_pre, label_BK, cond_BHWD)
             skip = skip + self._masked_1x1(self.head_features)(h_gated)
             h = h + self._masked_1x1(p)(h_gated)
         out = self._masked_1x1(self.head_features)(nn.relu(skip))
         out = self._masked_1x1(channels * num_params)(nn.relu(out))
         return out.reshape(batch, height, width, channels, num_params)
+
+    @nn.nowrap
+    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
+        """Samples `[B, H, W, C]`: vertical stack once per row, horizontal stack per pixel."""
+        from jaxar.models import gated_pixelcnn_cache  # it subclasses this model
+
+        return decoding.sample(
+            gated_pixelcnn_cache.steps, self, variables, key, labels, cond, temperature, known,
+            known_mask,
+        )
 
     def _upsample_cond(self, cond, height, width):
         if not self.cond_shape:
@@ -123,5 +145,6 @@ def from_config(model_cfg, shape, num_levels) -> GatedPixelCNN:
         num_classes=model_cfg.get("num_classes", 0),
         cond_shape=cond_shape or None,
         cond_features=model_cfg.get("cond_features", 16),
+        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
     )
 

@@ -14,14 +14,19 @@ normalizes with statistics over the whole batch and all positions, so the
 output at a pixel depends on pixels after it: the training loss is then not
 the loss of an autoregressive model (`tests/test_models.py` shows the leak).
 In eval mode it uses running averages and is causal.
+
+`conv_impl` picks how the masked convolutions run (`jaxar.fast_conv`);
+`cached_sampler` decodes pixel by pixel through the layers' caches
+(`jaxar.models.decoding`): the same `__call__`, given the cache, computes the
+current pixel only.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 
-from jaxar import distributions, layers
-from jaxar.models import common
+from jaxar import distributions, fast_conv, layers
+from jaxar.models import common, decoding
 
 
 class PixelCNN(nn.Module):
@@ -37,6 +42,7 @@ class PixelCNN(nn.Module):
     head_features: int = 128
     norm: str = "none"
     num_classes: int = 0
+    conv_impl: str = "auto"
 
     @property
     def likelihood(self):
@@ -53,6 +59,7 @@ class PixelCNN(nn.Module):
             dilation,
             num_groups=self.event_shape[-1],
             out_blocks=out_blocks,
+            conv_impl=self.conv_impl,
         )
 
     def _norm(self, y, train):
@@ -62,9 +69,9 @@ class PixelCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x, labels=None, cond=None, train: bool = False):
-        """Likelihood parameters `[B, H, W, C, F]`."""
+        """Likelihood parameters `[B, H, W, C, F]` (`[B, 1, 1, C, F]` when decoding a pixel)."""
         del cond
-        batch, height, width, channels = x.shape
+        channels = x.shape[-1]
         num_params = self.likelihood.num_params()
         out_features = channels * num_params
         h = layers.scale_to_unit(x, self.num_levels)
@@ -82,7 +89,15 @@ class PixelCNN(nn.Module):
                 h = h + self._residual_block(h, label_BK, dilation, train)
             h = self._conv(self.head_features, 1)(nn.relu(h))
             out = self._conv(out_features, 1)(nn.relu(h))
-        return out.reshape(batch, height, width, channels, num_params)
+        return out.reshape(*out.shape[:3], channels, num_params)
+
+    @nn.nowrap
+    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
+        """Samples `[B, H, W, C]` computing one pixel per step from per-layer caches."""
+        return decoding.sample(
+            decoding.pixelwise_steps, self, variables, key, labels, cond, temperature, known,
+            known_mask,
+        )
 
     def _residual_block(self, h, label_BK, dilation, train):
         y = self._conv(self.features, 1)(nn.relu(self._norm(h, train)))
@@ -128,5 +143,6 @@ def from_config(model_cfg, shape, num_levels) -> PixelCNN:
         head_features=model_cfg.get("head_features", 128),
         norm=norm,
         num_classes=model_cfg.get("num_classes", 0),
+        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
     )
 

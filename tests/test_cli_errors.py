@@ -1,0 +1,49 @@
+"""Bad input to the training CLI: one clear line on stderr, exit code 2, no traceback."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "experiments" / "pixelcnn_mnist.py:smoke")
+
+CASES = [
+    (["--config", "experiments/nope.py"], "nope.py"),
+    (["--config", str(ROOT / "experiments" / "pixelcnn_mnist.py:huge")],
+     "config variant must be one of"),
+    (["--config", SMOKE, "--config.train.nope=3"], "nope"),
+    (["--config", SMOKE, "--config.data.source=tfds", "--config.data.name=mnist",
+      "--config.data.tfds_dir=EMPTY"], "data.tfds_dir"),
+    (["--config", SMOKE, "--config.model.name=resnet"], "model.name must be one of"),
+    (["--config", SMOKE, "--config.data.source=folder", "--config.data.path=EMPTY"], "data.path"),
+    (["--config", SMOKE, "--config.train.batch_size=0"], "train.batch_size"),
+    (["--config", SMOKE, "--config.data.num_levels=1"], "data.num_levels"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[m for _, m in CASES])
+def test_bad_cli_input_exits_2(tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxar.main", "--workdir", str(tmp_path / "run"), *args],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unusable_workdir_exits_2(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxar.main", "--config", SMOKE, "--workdir",
+         str(blocker / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "--workdir" in result.stderr
+    assert "Traceback" not in result.stderr
