@@ -79,6 +79,11 @@ def smoke(cfg: ml_collections.ConfigDict, shape=(8, 8, 1)) -> ml_collections.Con
     cfg.data.shape = tuple(shape)
     cfg.data.num_train = 64
     cfg.data.num_test = 32
+    return smoke_training(cfg)
+
+
+def smoke_training(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`smoke`'s 6-step training schedule alone, for smoke variants with their own data."""
     cfg.train.update(
         num_steps=6, batch_size=8, init_batch_size=8, log_every_steps=2, eval_every_steps=3,
         sample_every_steps=6, checkpoint_every_steps=3, num_samples=4,

@@ -82,27 +82,13 @@ def _mnist():
 
 
 def _smoke():
-    cfg = _default()
-    cfg.data.source = "synthetic"
-    cfg.data.name = "stripes"
-    cfg.data.shape = (8, 8, 3)
-    cfg.data.num_train = 32
-    cfg.data.num_test = 16
+    cfg = base.smoke(_default(), (8, 8, 3))
     cfg.model.features = 8
     cfg.model.num_blocks = 1
     cfg.model.num_resnets = 1
     cfg.model.key_features = 4
     cfg.model.value_features = 4
     cfg.model.num_mixtures = 2
-    cfg.train.num_steps = 4
-    cfg.train.batch_size = 8
-    cfg.train.init_batch_size = 8
-    cfg.train.log_every_steps = 2
-    cfg.train.eval_every_steps = 4
-    cfg.train.sample_every_steps = 4
-    cfg.train.checkpoint_every_steps = 4
-    cfg.train.num_samples = 2
-    cfg.eval.batch_size = 16
     return cfg
 
 

@@ -55,16 +55,7 @@ def _smoke():
     cfg.model.features = 8
     cfg.model.num_heads = 2
     cfg.model.num_layers = 1
-    cfg.train.num_steps = 6
-    cfg.train.batch_size = 8
-    cfg.train.init_batch_size = 8
-    cfg.train.log_every_steps = 2
-    cfg.train.eval_every_steps = 3
-    cfg.train.sample_every_steps = 6
-    cfg.train.checkpoint_every_steps = 3
-    cfg.train.num_samples = 4
-    cfg.eval.batch_size = 16
-    return cfg
+    return base.smoke_training(cfg)
 
 
 def _paper():

@@ -75,16 +75,7 @@ def _smoke():
     cfg.model.head_channels = 8
     cfg.model.num_stacks = 1
     cfg.model.layers_per_stack = 3
-    cfg.train.num_steps = 6
-    cfg.train.batch_size = 8
-    cfg.train.init_batch_size = 8
-    cfg.train.log_every_steps = 2
-    cfg.train.eval_every_steps = 3
-    cfg.train.sample_every_steps = 6
-    cfg.train.checkpoint_every_steps = 3
-    cfg.train.num_samples = 4
-    cfg.eval.batch_size = 16
-    return cfg
+    return base.smoke_training(cfg)
 
 
 def _speech_commands():

@@ -48,10 +48,16 @@ def sample(
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    has_cache = hasattr(model, "cached_sampler")
+    # A model may have a cache for some settings only (PixelSNAIL: raster ordering only).
+    cached_sampler = getattr(model, "cached_sampler", None)
+    has_cache = cached_sampler is not None
+    why = ""
+    if hasattr(type(model), "cached_sampler") and not has_cache:
+        why = f" with model.ordering={getattr(model, 'ordering_name', None)!r}"
     if method == "cached" and not has_cache:
         raise ValueError(
-            f"method='cached' is not available for {type(model).__name__}; use method='naive'"
+            f"method='cached' is not available for {type(model).__name__}{why}; "
+            "use method='naive'"
         )
     common.check_labels(model, labels, num_samples)
     common.check_cond(model, cond, num_samples)
@@ -60,7 +66,7 @@ def sample(
     with common.rng_context():
         if method == "naive" or not has_cache:
             return _naive(model, variables, key, labels, cond, temperature, known, known_mask)
-        return model.cached_sampler(variables, key, labels, cond, temperature, known, known_mask)
+        return cached_sampler(variables, key, labels, cond, temperature, known, known_mask)
 
 
 def _check_completion(model, num_samples, known, known_mask):

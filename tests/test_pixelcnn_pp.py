@@ -164,7 +164,7 @@ def test_cli_smoke_trains_and_samples(tmp_path):
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     bpd = [r["train/bpd"] for r in rows if "train/bpd" in r]
     evals = [r["eval/bpd"] for r in rows if "eval/bpd" in r]
-    assert len(bpd) == 2 and len(evals) == 1 and all(np.isfinite(bpd + evals))
-    grid = np.asarray(Image.open(workdir / "samples_4.png"))
+    assert len(bpd) == 3 and len(evals) == 2 and all(np.isfinite(bpd + evals))
+    grid = np.asarray(Image.open(workdir / "samples_6.png"))
     assert grid.ndim == 3 and grid.shape[-1] == 3  # RGB samples
 

@@ -147,7 +147,7 @@ def test_smoke_config_trains_and_samples(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     bpd = [r["train/bpd"] for r in rows if "train/bpd" in r]
     evals = [r["eval/bpd"] for r in rows if "eval/bpd" in r]
-    assert len(bpd) == 2 and len(evals) == 1 and np.isfinite(bpd + evals).all()
+    assert len(bpd) == 3 and len(evals) == 2 and np.isfinite(bpd + evals).all()
     assert (tmp_path / f"samples_{cfg.train.num_steps}.png").is_file()
 
 

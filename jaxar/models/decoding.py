@@ -13,7 +13,9 @@ parameters from them (and, optionally, what to do at the start of each row).
 the cache (every layer a `jaxar.cache` layer or pointwise: PixelCNN); models
 with another schedule (Gated PixelCNN's row-wise vertical stack,
 `gated_pixelcnn_cache.steps`) write their own. `sample(steps_fn, ...)` is then
-the model's `cached_sampler`.
+the model's `cached_sampler`. PixelCNN++ and PixelSNAIL, whose lower
+resolutions and attention follow their own schedule, have their own decoders
+(`pixelcnn_pp_cache`, `pixelsnail_cache`) on the same `jaxar.cache` layers.
 """
 
 from __future__ import annotations
