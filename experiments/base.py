@@ -121,3 +121,28 @@ def embedded_mnist_8bit(cfg: ml_collections.ConfigDict, num_steps: int):
         checkpoint_every_steps=num_steps // 4, sample_every_steps=num_steps, num_samples=16,
     )
     return cfg
+
+
+def released_cifar10(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What the released PixelCNN++ and PixelSNAIL code share: TFDS cifar10 at 8 bits,
+    Adam(0.95, 0.9995) without gradient clipping, Polyak averaging 0.9995."""
+    cfg.model.likelihood = "dmol"
+    cfg.data.source = "tfds"
+    cfg.data.name = "cifar10"
+    cfg.data.shape = (32, 32, 3)
+    cfg.data.num_levels = 256
+    cfg.train.update(b1=0.95, b2=0.9995, grad_clip=0.0, ema_decay=0.9995)
+    return cfg
+
+
+def cpu_cifar10_training(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A CPU-sized run of the colour models: batch 16, 5,000 steps, a faster lr decay and
+    a shorter average than the papers', evaluated on 1,000 test images."""
+    cfg.train.update(
+        batch_size=16, init_batch_size=16, num_steps=5000, learning_rate=1e-3, lr_decay=0.99995,
+        ema_decay=0.999, log_every_steps=50, eval_every_steps=1000, checkpoint_every_steps=500,
+        sample_every_steps=5000, num_samples=4,
+    )
+    cfg.data.num_test = 1000
+    cfg.eval.batch_size = 100
+    return cfg

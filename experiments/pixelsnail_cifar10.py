@@ -27,27 +27,18 @@ from experiments import base
 
 
 def _common():
-    cfg = base.get_base_config()
+    cfg = base.released_cifar10(base.get_base_config())
     cfg.model.name = "pixelsnail"
-    cfg.model.likelihood = "dmol"
     cfg.model.ordering = "raster"  # raster | zigzag | custom (with model.pixel_order)
     cfg.model.pixel_order = ()  # flat pixel indices in generation order, for "custom"
     cfg.model.nonlinearity = "concat_elu"
     cfg.model.num_heads = 1
     cfg.model.dropout_rate = 0.5
-    cfg.data.source = "tfds"
-    cfg.data.name = "cifar10"
-    cfg.data.shape = (32, 32, 3)
-    cfg.data.num_levels = 256
-    cfg.train.b1 = 0.95
-    cfg.train.b2 = 0.9995
-    cfg.train.grad_clip = 0.0
-    cfg.train.ema_decay = 0.9995
     return cfg
 
 
 def _default():
-    cfg = _common()
+    cfg = base.cpu_cifar10_training(_common())
     cfg.model.features = 32
     cfg.model.num_blocks = 2
     cfg.model.num_resnets = 2
@@ -55,19 +46,6 @@ def _default():
     cfg.model.value_features = 16
     cfg.model.num_heads = 2
     cfg.model.num_mixtures = 5
-    cfg.train.batch_size = 16
-    cfg.train.init_batch_size = 16
-    cfg.train.num_steps = 5000
-    cfg.train.learning_rate = 1e-3
-    cfg.train.lr_decay = 0.99995
-    cfg.train.ema_decay = 0.999  # a short run: a shorter average
-    cfg.train.log_every_steps = 50
-    cfg.train.eval_every_steps = 1000
-    cfg.train.checkpoint_every_steps = 500
-    cfg.train.sample_every_steps = 5000
-    cfg.train.num_samples = 4  # naive sampling runs the network 3,072 times
-    cfg.data.num_test = 1000
-    cfg.eval.batch_size = 100
     return cfg
 
 
