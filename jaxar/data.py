@@ -48,10 +48,13 @@ from jaxar import audio
 SOURCES = ("embedded", "synthetic", "tfds", "folder")
 EMBEDDED_NAMES = ("mnist",)
 SYNTHETIC_NAMES = ("random", "stripes")
-# TFDS image datasets with a fixed shape and "train"/"test" splits (binarized_mnist's
-# "validation" split is not used).
+# TFDS image datasets with a fixed shape and a "train" split; the test split is "test"
+# (binarized_mnist's "validation" split is not used) or, for the downsampled ImageNets,
+# which have no labelled test split, "validation" (as in the papers that report on them).
 TFDS_NAMES = ("binarized_mnist", "cifar10", "cifar100", "fashion_mnist", "kmnist", "mnist",
-              "svhn_cropped")
+              "svhn_cropped", "imagenet_resized/32x32", "imagenet_resized/64x64",
+              "downsampled_imagenet/32x32", "downsampled_imagenet/64x64")
+_TFDS_TEST_SPLITS = {name: "validation" for name in TFDS_NAMES if "imagenet" in name}
 _TFDS_BINARY = ("binarized_mnist",)
 EMBEDDED_MNIST_TEST_PER_CLASS = 50
 _SYNTHETIC_SIZES = {"train": 512, "test": 128}
@@ -272,6 +275,8 @@ def _tfds(name: str, split: str, data_dir: str | None) -> TfdsSource:
     """A prepared TFDS split, or a ValueError that says how to prepare it."""
     import tensorflow_datasets as tfds  # slow import, and only this source needs it
 
+    if split == "test":
+        split = _TFDS_TEST_SPLITS.get(name, "test")
     try:
         data_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, KeyError) as e:

@@ -265,6 +265,22 @@ def test_tfds_mnist_is_reduced_from_8_bits():
     assert train_batch["x"].shape == (4, 28, 28, 1)
 
 
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("imagenet_resized/32x32", 1000)])
+def test_tfds_colour_datasets(name, num_classes):
+    cfg = make_cfg(source="tfds", name=name, shape=(32, 32, 3), num_levels=256, batch_size=4)
+    with tfds.testing.mock_data(num_examples=6):
+        iterator, test = data.create_datasets(cfg, process_index=0, process_count=1)
+        raw = tfds.data_source(name, split="test" if name == "cifar10" else "validation",
+                               download=False)
+        expected = np.stack([raw[i]["image"] for i in range(6)])
+        batch = everything(test)
+        train_batch = next(iterator)
+    assert test.num_classes == num_classes
+    np.testing.assert_array_equal(batch["x"], expected)  # 8 bits kept at 256 levels
+    assert train_batch["x"].shape == (4, 32, 32, 3) and train_batch["x"].dtype == np.int32
+    assert (train_batch["labels"] < num_classes).all()
+
+
 class BinaryRecords:
     """Stands in for a prepared binarized_mnist split: tfds' mock ignores max_value there."""
 
