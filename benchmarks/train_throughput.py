@@ -3,11 +3,12 @@
   python benchmarks/train_throughput.py                    # the configs below
   python benchmarks/train_throughput.py --rounds 5 --configs experiments/pixelcnn_mnist.py:seed
 
-For each config the same model is built three times with the same initial
+For each config the same model is built once per path with the same initial
 parameters: `model.conv_impl = "plain"` (dense kernel times mask,
 `lax.conv_general_dilated`), "im2col" everywhere (masked taps never computed,
-`jaxar.fast_conv`) and "auto" (the default: im2col where `jaxar.fast_conv`
-measured it faster, per layer and backend). A train step is the loss (mean
+`jaxar.fast_conv`), "split" (masked convolutions as two dense XLA convolutions
+over their live rows; other layers as "auto") and "auto" (the default: per layer
+and backend, what `jaxar.fast_conv` measured fastest). A train step is the loss (mean
 bits/dim of a random batch of the config's shape and batch size), its gradient
 and an Adam update, jitted. All steps are compiled first, then timed in turn for
 `--rounds` rounds (so load from other processes hits all alike); the median per
@@ -34,7 +35,7 @@ from jaxar import models as models_lib
 from jaxar.models import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-IMPLS = ("auto", "im2col", "plain")
+IMPLS = ("auto", "im2col", "split", "plain")
 CONFIGS = [
     "experiments/pixelcnn_mnist.py:seed",
     "experiments/pixelcnn_mnist.py:default",
@@ -103,6 +104,7 @@ def compare(spec: str, rounds: int) -> float:
           + " | ".join(f"{impl} {rate[impl]:7.2f} images/s" for impl in IMPLS)
           + f"\n    auto/plain {rate['auto'] / rate['plain']:5.2f}x | "
           f"im2col/plain {rate['im2col'] / rate['plain']:5.2f}x | "
+          f"split/plain {rate['split'] / rate['plain']:5.2f}x | "
           f"loss/grad relative difference to plain <= {diff:.1e}\n"
           f"    step seconds: " + ", ".join(f"{i} {fmt(seconds[i])}" for i in IMPLS),
           flush=True)

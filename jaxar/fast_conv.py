@@ -14,16 +14,23 @@ batch chunks of about `CHUNK_BYTES` of patches, and its custom VJP recomputes th
 per chunk (dW = patches^T @ dy) and computes dx as another tap sum over dy with the
 mirrored taps, so no large intermediate is ever stored.
 
-`conv_impl` ("auto" | "plain" | "im2col") selects the implementation for the layers
-in `jaxar.layers`; "plain" is the dense masked `lax.conv_general_dilated`. "auto"
-decides per layer from measurements on a 2-core CPU (forward + gradients, batch 32
-and 128 at 28x28): XLA's convolution falls far behind at 64 features (3x3 64->64:
-4.8x slower than im2col, 1x1 64->64: 2.6x, 7x7 1->64 and 64->1: 1.4-1.7x) but is
-as fast or faster with few features (3x3 16->16: 2x faster, 32->32 and 48->48:
-1.2x), where gathering narrow patches costs more than it saves. So on CPU "auto"
-is "im2col" for layers with at least `AUTO_MIN_FEATURES` input or output
-features and "plain" otherwise; on GPU and TPU it is "plain" (cuDNN and TPU
-convolutions were not measured against im2col: no accelerator was available).
+`conv_impl` ("auto" | "plain" | "im2col" | "split") selects the implementation for
+the layers in `jaxar.layers`; "plain" is the dense masked `lax.conv_general_dilated`.
+"split" (raster-masked convolutions only) runs XLA's convolution on the two dense
+parts of the mask, the full rows above the centre and the left part of the centre
+row, so it computes 25 instead of 49 taps of a 7x7 mask with XLA's own kernels:
+measured on a 2-core CPU for 64->64 7x7 at batch 128 and 28x28, forward + both
+gradients took 0.97 s against 1.85 s (plain) and 1.33 s (im2col), whose patch
+gathers cost more than XLA's kernels save. "auto" uses "split" for every masked
+convolution on CPU. For the other layers (unmasked stack convolutions, 1x1 layers)
+"auto" decides from measurements on a 2-core CPU (forward + gradients, batch 32 and
+128 at 28x28): XLA's convolution falls far behind at 64 features (3x3 64->64: 4.8x
+slower than im2col, 1x1 64->64: 2.6x) but is as fast or faster with few features
+(3x3 16->16: 2x faster, 32->32 and 48->48: 1.2x), where gathering narrow patches
+costs more than it saves. So on CPU "auto" is "im2col" for those layers with at
+least `AUTO_MIN_FEATURES` input or output features and "plain" otherwise; on GPU
+and TPU it is "plain" everywhere (cuDNN and TPU convolutions were not measured
+against the alternatives: no accelerator was available).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLS = ("auto", "plain", "im2col")
+IMPLS = ("auto", "plain", "im2col", "split")
 AUTO_MIN_FEATURES = 64
 CHUNK_BYTES = 24 * 2**20
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -48,12 +55,20 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-def resolve_impl(impl: str, features_in: int, features_out: int) -> str:
-    """The implementation ("plain" or "im2col") to run a layer of this size with."""
-    if check_impl(impl) != "auto":
+def resolve_impl(impl: str, features_in: int, features_out: int, masked: bool = False) -> str:
+    """The implementation ("plain", "im2col" or, for masked layers, "split") for a layer.
+
+    "split" applies to raster-masked convolutions only (`layers.MaskedConv2D`); other
+    layers given "split" follow the "auto" rule.
+    """
+    if check_impl(impl) == "split" and not masked:
+        impl = "auto"
+    if impl != "auto":
         return impl
     if jax.default_backend() != "cpu":
         return "plain"
+    if masked:
+        return "split"
     return "im2col" if max(features_in, features_out) >= AUTO_MIN_FEATURES else "plain"
 
 

@@ -1,6 +1,6 @@
-"""The im2col convolutions (`jaxar.fast_conv`) compute what the plain masked ones do.
+"""The fast convolutions (`jaxar.fast_conv`) compute what the plain masked ones do.
 
-Each layer is built with conv_impl="plain" and "im2col" on the same variables;
+Each layer is built with conv_impl="plain", "im2col" and "split" on the same variables;
 outputs and gradients (w.r.t. every parameter and the input) must agree to float
 tolerance, and the parameter trees must be identical (checkpoints do not depend
 on the implementation).
@@ -19,8 +19,13 @@ from jaxar import fast_conv, layers
 
 
 def assert_same_function(make, x, *args):
-    """`make(impl)` builds a layer; compares both implementations on x (and args)."""
-    plain, fast = make("plain"), make("im2col")
+    """`make(impl)` builds a layer; compares the fast implementations to plain on x (and args)."""
+    for impl in ("im2col", "split"):
+        compare_to_plain(make, impl, x, *args)
+
+
+def compare_to_plain(make, impl, x, *args):
+    plain, fast = make("plain"), make(impl)
     shapes = jax.eval_shape(plain.init, jax.random.key(0), x, *args)
     fast_shapes = jax.eval_shape(fast.init, jax.random.key(0), x, *args)
     assert fast_shapes == shapes
@@ -104,6 +109,8 @@ def test_gated_activation_spatial_conditioning_im2col_equals_plain():
 def test_auto_picks_by_layer_size_on_cpu_and_bad_impl_raises():
     assert fast_conv.resolve_impl("auto", 1, 64) == "im2col"  # the tests run on CPU
     assert fast_conv.resolve_impl("auto", 32, 16) == "plain"
+    assert fast_conv.resolve_impl("auto", 32, 16, masked=True) == "split"
+    assert fast_conv.resolve_impl("split", 64, 64) == "im2col"  # unmasked: the auto rule
     assert fast_conv.resolve_impl("plain", 64, 64) == "plain"
     cfg = tiny_config("pixelcnn", (4, 4, 1), 2, conv_impl="fast")
     with pytest.raises(ValueError, match="model.conv_impl must be one of"):
