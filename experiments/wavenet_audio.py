@@ -4,8 +4,7 @@ Variants (`--config experiments/wavenet_audio.py:VARIANT`):
   default          synthetic sums of sine tones (no download), 1024 samples (64 ms),
                    conditioned on the tones' frequency band (4 classes); one stack of
                    dilations 1..256 (receptive field 513 samples, > the longest period
-                   of 160 samples); about 0.7 s per step of 8 on a busy 2-core CPU
-                   (~20 min).
+                   of 160 samples); 1500 steps of 8 took 3.6 min on a shared 2-core CPU.
                    python -m jaxar.main --config experiments/wavenet_audio.py \
                        --workdir runs/wavenet_audio
   smoke            seconds, for tests; also conditioned locally on frame means.
