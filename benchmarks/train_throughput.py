@@ -121,9 +121,7 @@ def main():
                         help="comma-separated config paths[:variant]; missing files are skipped")
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per path")
     args = parser.parse_args()
-    auto = "plain"
-    if fast_conv.resolve_impl("auto", 1, fast_conv.AUTO_MIN_FEATURES) == "im2col":
-        auto = f"im2col for layers with >= {fast_conv.AUTO_MIN_FEATURES} features, else plain"
+    auto = fast_conv.resolve_impl("auto")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores; "
           f"conv_impl='auto' here: {auto}")
     for spec in args.configs.split(","):

@@ -16,21 +16,17 @@ mirrored taps, so no large intermediate is ever stored.
 
 `conv_impl` ("auto" | "plain" | "im2col" | "split") selects the implementation for
 the layers in `jaxar.layers`; "plain" is the dense masked `lax.conv_general_dilated`.
-"split" (raster-masked convolutions only) runs XLA's convolution on the two dense
-parts of the mask, the full rows above the centre and the left part of the centre
-row, so it computes 25 instead of 49 taps of a 7x7 mask with XLA's own kernels:
-measured on a 2-core CPU for 64->64 7x7 at batch 128 and 28x28, forward + both
-gradients took 0.97 s against 1.85 s (plain) and 1.33 s (im2col), whose patch
-gathers cost more than XLA's kernels save. "auto" uses "split" for every masked
-convolution on CPU. For the other layers (unmasked stack convolutions, 1x1 layers)
-"auto" decides from measurements on a 2-core CPU (forward + gradients, batch 32 and
-128 at 28x28): XLA's convolution falls far behind at 64 features (3x3 64->64: 4.8x
-slower than im2col, 1x1 64->64: 2.6x) but is as fast or faster with few features
-(3x3 16->16: 2x faster, 32->32 and 48->48: 1.2x), where gathering narrow patches
-costs more than it saves. So on CPU "auto" is "im2col" for those layers with at
-least `AUTO_MIN_FEATURES` input or output features and "plain" otherwise; on GPU
-and TPU it is "plain" everywhere (cuDNN and TPU convolutions were not measured
-against the alternatives: no accelerator was available).
+"split" (raster-masked convolutions only; other layers given it follow "auto") runs
+XLA's convolution on the two dense parts of the mask, the full rows above the
+centre and the left part of the centre row, so it computes 25 instead of 49 taps of
+a 7x7 mask with XLA's own kernels. "auto" is "im2col" for every layer on CPU and
+"plain" on GPU and TPU (not measured there: no accelerator was available). Measured
+on a 2-core CPU with nothing else running (`benchmarks/train_throughput.py`, train
+steps of whole models): the seed PixelCNN (7x7, 64 features, batch 128) runs 1.81x
+plain with im2col and 1.49x with split; the CPU defaults of PixelCNN and Gated
+PixelCNN 1.12x and 1.35x with im2col, 0.94x and 1.03x with split. (Under load from
+other processes, single 64->64 7x7 layers favoured split: 0.97 s forward + both
+gradients against 1.33 s im2col and 1.85 s plain.)
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 IMPLS = ("auto", "plain", "im2col", "split")
-AUTO_MIN_FEATURES = 64
 CHUNK_BYTES = 24 * 2**20
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -55,7 +50,7 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-def resolve_impl(impl: str, features_in: int, features_out: int, masked: bool = False) -> str:
+def resolve_impl(impl: str, masked: bool = False) -> str:
     """The implementation ("plain", "im2col" or, for masked layers, "split") for a layer.
 
     "split" applies to raster-masked convolutions only (`layers.MaskedConv2D`); other
@@ -65,11 +60,7 @@ def resolve_impl(impl: str, features_in: int, features_out: int, masked: bool = 
         impl = "auto"
     if impl != "auto":
         return impl
-    if jax.default_backend() != "cpu":
-        return "plain"
-    if masked:
-        return "split"
-    return "im2col" if max(features_in, features_out) >= AUTO_MIN_FEATURES else "plain"
+    return "im2col" if jax.default_backend() == "cpu" else "plain"
 
 
 def pad_to_cover(x_BHWI, offsets, out_hw):
@@ -249,7 +240,7 @@ def _conv_general_dilated(
     precision=None,
 ):
     """`lax.conv_general_dilated`, in im2col for what jaxar's stacks use where `impl` says so."""
-    if resolve_impl(impl, rhs.shape[-2], rhs.shape[-1]) == "plain":  # HWIO
+    if resolve_impl(impl) == "plain":
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

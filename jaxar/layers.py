@@ -109,7 +109,7 @@ class MaskedConv2D(nn.Module):
         pad = self.dilation * (k // 2)
         window = cache.neighbourhood(self, x_BHWC, pad, pad, pad)
         impl = "im2col" if window is not None else fast_conv.resolve_impl(
-            self.conv_impl, in_features, self.features, masked=True
+            self.conv_impl, masked=True
         )
         if impl == "split":
             y = _split_masked_conv(x_BHWC, kernel, mask, self.dilation)
@@ -259,7 +259,7 @@ class HorizontalStackConv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (1, half + 1, in_features, self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        impl = fast_conv.resolve_impl(impl, in_features, self.features)
+        impl = fast_conv.resolve_impl(impl)
         return fast_conv.conv(x, kernel, mask, 1, impl) + bias
 
 
