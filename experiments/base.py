@@ -146,3 +146,15 @@ def cpu_cifar10_training(cfg: ml_collections.ConfigDict) -> ml_collections.Confi
     cfg.data.num_test = 1000
     cfg.eval.batch_size = 100
     return cfg
+
+
+def paper_cifar10_training(cfg, per_device_batch: int, lr_decay: float, devices: int = 8):
+    """The released colour models' long run: Adam at 1e-3 decayed by `lr_decay` per step,
+    `per_device_batch` on each of `devices` devices (a global batch here), 1M steps."""
+    cfg.train.update(
+        batch_size=per_device_batch * devices, num_steps=1_000_000, learning_rate=1e-3,
+        lr_decay=lr_decay, log_every_steps=100, eval_every_steps=10_000,
+        checkpoint_every_steps=5_000, sample_every_steps=50_000,
+    )
+    cfg.eval.batch_size = per_device_batch * devices
+    return cfg

@@ -57,19 +57,11 @@ def _smoke():
 
 
 def _paper():
-    cfg = _common()
+    # 1M steps of 128: ~2,560 epochs (the released code caps at 5,000).
+    cfg = base.paper_cifar10_training(_common(), per_device_batch=16, lr_decay=0.999995)
     cfg.model.features = 160
     cfg.model.num_resnets = 5
     cfg.model.num_mixtures = 10
-    cfg.train.batch_size = 16 * 8
-    cfg.train.num_steps = 1_000_000  # ~2,560 epochs; the released code caps at 5,000
-    cfg.train.learning_rate = 1e-3
-    cfg.train.lr_decay = 0.999995
-    cfg.train.log_every_steps = 100
-    cfg.train.eval_every_steps = 10_000
-    cfg.train.checkpoint_every_steps = 5_000
-    cfg.train.sample_every_steps = 50_000
-    cfg.eval.batch_size = 16 * 8
     return cfg
 
 

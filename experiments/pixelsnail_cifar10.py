@@ -74,7 +74,7 @@ def _smoke():
 
 
 def _paper():
-    cfg = _common()
+    cfg = base.paper_cifar10_training(_common(), per_device_batch=8, lr_decay=0.999998)
     cfg.model.features = 256
     cfg.model.num_blocks = 12
     cfg.model.num_resnets = 4
@@ -82,16 +82,7 @@ def _paper():
     cfg.model.key_features = 16
     cfg.model.value_features = 128
     cfg.model.num_mixtures = 10
-    cfg.train.batch_size = 8 * 8
     cfg.train.init_batch_size = 8
-    cfg.train.num_steps = 1_000_000
-    cfg.train.learning_rate = 1e-3
-    cfg.train.lr_decay = 0.999998
-    cfg.train.log_every_steps = 100
-    cfg.train.eval_every_steps = 10_000
-    cfg.train.checkpoint_every_steps = 5_000
-    cfg.train.sample_every_steps = 50_000
-    cfg.eval.batch_size = 8 * 8
     return cfg
 
 
