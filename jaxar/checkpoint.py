@@ -11,10 +11,13 @@ loses at most the steps since the last save. Old checkpoints (beyond
 a run killed mid-deletion would leave a half-deleted directory under a step's
 name. Here it is first renamed to `.deleting-<step>` (atomic), then removed.
 
-A checkpoint that still fails to restore (a disk fault, a partial copy) is
-skipped with a warning naming it and the step resumed instead, and moved aside
-to `checkpoints/unreadable-<step>` (single-process runs) so the resumed run
-saves that step again.
+A checkpoint that still fails to restore (a disk fault, a partial copy) while
+an older one restores is skipped with a warning naming both steps and moved
+aside to `checkpoints/unreadable-<step>`, so the resumed run saves that step
+again. If no checkpoint restores (typically: the workdir holds a run of another
+config), nothing is touched and a ValueError says so. With several processes
+there is no automatic fall-back (they must agree on the step): a ValueError
+names the checkpoint to move aside.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import logging
 import pathlib
 import shutil
+import time
 
 import jax
 import ml_collections
@@ -55,7 +59,7 @@ class Checkpointer:
         self._prune()
         if step in self.manager.all_steps():
             return
-        self.manager.save(
+        saved = self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -63,6 +67,8 @@ class Checkpointer:
                 config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
             ),
         )
+        if not saved:
+            log.warning("orbax declined to save step %d (a newer step exists)", step)
 
     def restore_latest(self, abstract_state):
         """`(state, data_state, step)` of the newest readable checkpoint, or None if none.
@@ -71,7 +77,8 @@ class Checkpointer:
         structure, dtypes and placement of the restored arrays.
         """
         steps = sorted(self.manager.all_steps(), reverse=True)
-        for i, step in enumerate(steps):
+        failed = []
+        for step in steps:
             try:
                 restored = self.manager.restore(
                     step,
@@ -80,16 +87,29 @@ class Checkpointer:
                         data=ocp.args.JsonRestore(),
                     ),
                 )
-            except Exception as err:  # noqa: BLE001 (any read failure means: try an older one)
-                older = steps[i + 1] if i + 1 < len(steps) else None
-                log.warning(
-                    "checkpoint at step %d is unreadable (%s: %s); falling back to %s",
-                    step, type(err).__name__, err,
-                    "no checkpoint" if older is None else f"the checkpoint at step {older}",
-                )
-                self._move_aside(step)
+            except Exception as err:  # noqa: BLE001 (any read failure: try an older one)
+                if jax.process_count() > 1:  # processes must not choose different steps
+                    raise ValueError(
+                        f"checkpoint at step {step} in {self.directory} cannot be restored "
+                        f"({type(err).__name__}: {err}); with several processes there is no "
+                        f"automatic fall-back: move that directory aside and restart"
+                    ) from err
+                failed.append((step, err))
                 continue
+            for bad, err in failed:  # an older one restores: the newer ones are damaged
+                log.warning(
+                    "checkpoint at step %d is unreadable (%s: %s); falling back to the "
+                    "checkpoint at step %d", bad, type(err).__name__, err, step,
+                )
+                self._move_aside(bad)
             return restored["state"], restored["data"], step
+        if failed:  # none restores: most likely another config's run, so touch nothing
+            step, err = failed[0]
+            raise ValueError(
+                f"no checkpoint in {self.directory} restores into this config's train state "
+                f"(step {step}: {type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+                f"was this --workdir trained with another config? Use a new --workdir"
+            )
         return None
 
     def _prune(self) -> None:
@@ -98,15 +118,13 @@ class Checkpointer:
         if not self.is_main or len(steps) <= self.max_to_keep:
             return
         for step in steps[: -self.max_to_keep]:
-            doomed = self.directory / f".deleting-{step}"
+            doomed = self.directory / f".deleting-{step}-{time.time_ns()}"
             (self.directory / str(step)).rename(doomed)
-            shutil.rmtree(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)  # a leftover is removed at next start
         self.manager.reload()
 
     def _move_aside(self, step: int) -> None:
         """Renames an unreadable checkpoint out of the manager's sight (kept for inspection)."""
-        if jax.process_count() > 1:  # other processes may still be reading it
-            return
         target = self.directory / f"unreadable-{step}"
         suffix = 0
         while target.exists():

@@ -74,7 +74,7 @@ def main(argv):
         _fail(err)
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ValueError as err:  # a bad config value, dataset or workdir, named in the message
+    except train.BadInput as err:  # a bad config value, dataset or workdir, named in it
         _fail(err)
 
 

@@ -311,6 +311,11 @@ def _check_finite(step: int, metrics: dict) -> dict[str, float]:
     return values
 
 
+class BadInput(ValueError):
+    """A config, dataset or workdir that cannot be trained: what `python -m jaxar.main`
+    reports in one line with exit code 2 (other errors keep their tracebacks)."""
+
+
 def _usable_workdir(workdir) -> pathlib.Path:
     """`workdir` as a path, created if missing; ValueError if it cannot be written."""
     workdir = pathlib.Path(workdir)
@@ -329,22 +334,24 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
     With several processes, every process runs this with the same arguments and
     `workdir` must be one shared directory; process 0 writes metrics and samples.
     """
-    workdir = _usable_workdir(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
+    try:  # everything that checks the user's input, before any training
+        workdir = _usable_workdir(workdir)
+        model = models_lib.build_model(cfg)
+        trainer = Trainer(model, cfg)
+        data_cfg = cfg.copy_and_resolve_references()
+        data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
+        train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
+        ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
+        restored = ckpt.restore_latest(trainer.abstract_state)
+    except ValueError as err:
+        raise BadInput(str(err)) from err
+    if is_main:  # after the restore: a workdir of another config keeps its config.json
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-    model = models_lib.build_model(cfg)
-    trainer = Trainer(model, cfg)
-    data_cfg = cfg.copy_and_resolve_references()
-    data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
-    train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
-    ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
-    if is_main:
         mesh = trainer.mesh.shape
         print(f"{jax.process_count()} process(es), {jax.device_count()} device(s): mesh "
               f"data={mesh[sharding.DATA]} x fsdp={mesh[sharding.FSDP]}", flush=True)
 
-    restored = ckpt.restore_latest(trainer.abstract_state)
     if restored is None:
         # Every process reads the whole (small) init batch.
         init_count = min(cfg.train.init_batch_size, len(train_iter.split))

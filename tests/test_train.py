@@ -76,6 +76,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     assert names == ["3", "6", "unreadable-6"]  # step 6 saved again, whole
 
 
+def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
+    train.train_and_evaluate(smoke(num_steps=3), tmp_path)
+    config_before = (tmp_path / "config.json").read_text()
+    other = smoke()
+    other.model.features = 2 * other.model.features
+    with pytest.raises(train.BadInput, match="trained with another config"):
+        train.train_and_evaluate(other, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
+    assert (tmp_path / "config.json").read_text() == config_before
+
+
 def test_nan_loss_raises_with_step(tmp_path):
     with pytest.raises(FloatingPointError, match="at step 2"):
         train.train_and_evaluate(smoke(learning_rate=float("nan")), tmp_path)
