@@ -43,6 +43,7 @@ class Checkpointer:
             raise ValueError(f"train.max_checkpoints must be >= 1, got {max_to_keep}")
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.max_to_keep = max_to_keep
+        self.saved_any = False  # close() prunes only a run that saved (never a refused one)
         self.is_main = jax.process_index() == 0
         if self.is_main:
             for leftover in self.directory.glob(".deleting-*"):  # a killed prune
@@ -57,6 +58,7 @@ class Checkpointer:
         """
         self.manager.wait_until_finished()
         self._prune()
+        self.saved_any = True
         if step in self.manager.all_steps():
             return
         saved = self.manager.save(
@@ -138,7 +140,8 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
-        self._prune()
+        if self.saved_any:
+            self._prune()
         self.manager.close()
 
 

@@ -343,7 +343,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
         data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
         train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
         ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
-        restored = ckpt.restore_latest(trainer.abstract_state)
+        try:
+            restored = ckpt.restore_latest(trainer.abstract_state)
+        except ValueError:
+            ckpt.close()  # its orbax threads must not outlive it
+            raise
     except ValueError as err:
         raise BadInput(str(err)) from err
     if is_main:  # after the restore: a workdir of another config keeps its config.json
