@@ -109,3 +109,20 @@ def input_index(x, num_levels) -> np.ndarray:
     flat = np.asarray(x).reshape(x.shape[0], -1).astype(np.int64)
     weights = num_levels ** np.arange(flat.shape[1] - 1, -1, -1, dtype=np.int64)
     return flat @ weights
+
+
+def decoded_pixel_params(steps, x, passes: int = 1):
+    """Yields `(i, j, parameters of pixel (i, j))` from a cached decoder (`decoding.Steps`)
+    walked in raster order over a complete image x, `passes` calls per pixel as the
+    sampler makes them (one per channel for channel-masked models)."""
+    pixel_params = jax.jit(steps.pixel_params)
+    start_row = jax.jit(steps.start_row) if steps.start_row else None
+    state = steps.state
+    _, height, width = x.shape[:3]
+    for i in range(height):
+        if start_row is not None:
+            state = start_row(state, x, i)
+        for j in range(width):
+            for _ in range(passes):
+                params, state = pixel_params(state, x, i, j)
+            yield i, j, params

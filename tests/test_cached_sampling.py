@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_checks import tiny_config
+from model_checks import decoded_pixel_params, tiny_config
 
 import jaxar
 from jaxar.models import decoding, gated_pixelcnn_cache
@@ -76,15 +76,7 @@ def test_cached_pixel_parameters_equal_a_full_forward_pass(case):
     x = jnp.asarray(x, jnp.int32)
     full = np.asarray(jax.jit(model.apply)(variables, x, labels, cond))  # [B, H, W, C, F]
     steps = STEPS[model.__class__.__name__](model, variables, labels, cond, x)
-    pixel_params = jax.jit(steps.pixel_params)
-    start_row = jax.jit(steps.start_row) if steps.start_row else None
-    state = steps.state
-    height, width, channels = model.event_shape
-    for i in range(height):
-        if start_row is not None:
-            state = start_row(state, x, i)
-        for j in range(width):
-            for _ in range(channels):  # the sampler's passes; x is complete here
-                params, state = pixel_params(state, x, i, j)
-            np.testing.assert_allclose(np.asarray(params)[:, 0, 0], full[:, i, j], atol=1e-4,
-                                       rtol=1e-4, err_msg=f"pixel {(i, j)}")
+    # One pass per channel, as the sampler makes them; x is complete here.
+    for i, j, params in decoded_pixel_params(steps, x, passes=model.event_shape[-1]):
+        np.testing.assert_allclose(np.asarray(params)[:, 0, 0], full[:, i, j], atol=1e-4,
+                                   rtol=1e-4, err_msg=f"pixel {(i, j)}")

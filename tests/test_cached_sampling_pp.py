@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_checks import tiny_config
+from model_checks import decoded_pixel_params, tiny_config
 
 import jaxar
 from jaxar.models import pixelcnn_pp_cache, pixelsnail_cache
@@ -95,22 +95,11 @@ def test_cached_pixel_parameters_equal_a_full_forward_pass(case):
     x = jnp.asarray(x, jnp.int32)
     full = np.asarray(jax.jit(model.apply)(variables, x, labels))  # [B, H, W, F]
     steps = STEPS[type(model).__name__](model, variables, labels, None, x)
-    pixel_params = jax.jit(steps.pixel_params)
-    start_row = jax.jit(steps.start_row) if steps.start_row else None
-    state = steps.state
-    height, width, _ = model.event_shape
-    for i in range(height):
-        if start_row is not None:
-            state = start_row(state, x, i)
-        for j in range(width):
-            params, state = pixel_params(state, x, i, j)
-            np.testing.assert_allclose(
-                np.asarray(params)[:, 0, 0],
-                full[:, i, j],
-                atol=1e-5,
-                rtol=1e-5,
-                err_msg=f"pixel {(i, j)}",
-            )
+    for i, j, params in decoded_pixel_params(steps, x):
+        np.testing.assert_allclose(
+            np.asarray(params)[:, 0, 0], full[:, i, j], atol=1e-5, rtol=1e-5,
+            err_msg=f"pixel {(i, j)}",
+        )
 
 
 @pytest.mark.parametrize(
