@@ -7,12 +7,13 @@ masked taps are never gathered, so a 7x7 type-B convolution costs 25 taps, not 4
 
 Why not XLA's convolution on CPU: its gradients, the weight gradient above all, run
 far below the machine's matmul speed (measured here: 64->64 7x7, batch 128 at 28x28,
-forward 0.44 s, forward and both gradients 1.85 s). Why chunks: the patches of a whole batch are large (642 MB for
-that layer) and XLA:CPU pays a page fault for every page of a fresh buffer, which
-made a whole-batch gather cost more than its matmul. `tap_conv` therefore maps over
-batch chunks of about `CHUNK_BYTES` of patches, and its custom VJP recomputes them
-per chunk (dW = patches^T @ dy) and computes dx as another tap sum over dy with the
-mirrored taps, so no large intermediate is ever stored.
+forward 0.44 s, forward and both gradients 1.85 s). Why chunks: the patches of a
+whole batch are large (642 MB for that layer) and XLA:CPU pays a page fault for
+every page of a fresh buffer, which made a whole-batch gather cost more than its
+matmul. `tap_conv` therefore maps over batch chunks of about `CHUNK_BYTES` of
+patches, and its custom VJP recomputes them per chunk (dW = patches^T @ dy) and
+computes dx as another tap sum over dy with the mirrored taps, so no large
+intermediate is ever stored.
 
 `conv_impl` ("auto" | "plain" | "im2col" | "split") selects the implementation for
 the layers in `jaxar.layers`; "plain" is the dense masked `lax.conv_general_dilated`.
