@@ -14,8 +14,9 @@ name. Here it is first renamed to `.deleting-<step>` (atomic), then removed.
 A checkpoint that still fails to restore (a disk fault, a partial copy) while
 an older one restores is skipped with a warning naming both steps and moved
 aside to `checkpoints/unreadable-<step>`, so the resumed run saves that step
-again. If no checkpoint restores (typically: the workdir holds a run of another
-config), nothing is touched and a ValueError says so. With several processes
+again. A checkpoint whose arrays have other shapes than the config's state (the
+workdir holds a run of another config), or none that restores at all, stops the
+run with a ValueError and nothing is touched. With several processes
 there is no automatic fall-back (they must agree on the step): a ValueError
 names the checkpoint to move aside.
 """
@@ -49,7 +50,9 @@ class Checkpointer:
             for leftover in self.directory.glob(".deleting-*"):  # a killed prune
                 shutil.rmtree(leftover, ignore_errors=True)
         options = ocp.CheckpointManagerOptions(create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=_item_handlers()
+        )
 
     def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict):
         """Starts an asynchronous save of step `step` (no-op if it already exists).
@@ -81,6 +84,14 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         failed = []
         for step in steps:
+            saved = self._signature(step)
+            if saved is not None and saved != _signature(abstract_state):
+                # Another config's state: refuse before orbax attempts (and aborts) a read.
+                raise ValueError(
+                    f"the checkpoint at step {step} in {self.directory} holds a train state of "
+                    f"other shapes than this config's: was this --workdir trained with another "
+                    f"config? Use a new --workdir"
+                )
             try:
                 restored = self.manager.restore(
                     step,
@@ -114,6 +125,13 @@ class Checkpointer:
             )
         return None
 
+    def _signature(self, step: int):
+        """`_signature` of the state saved at `step`, or None if its metadata is unreadable."""
+        try:
+            return _signature(self.manager.item_metadata(step)["state"])
+        except Exception:  # noqa: BLE001 (a damaged checkpoint: let the restore decide)
+            return None
+
     def _prune(self) -> None:
         """Removes all but the newest `max_to_keep` checkpoints: rename, then delete."""
         steps = sorted(self.manager.all_steps())
@@ -145,6 +163,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def _item_handlers() -> dict:
+    return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler()}
+
+
+def _signature(state_tree) -> list:
+    """The sorted (shape, dtype) of every array in a state (or its checkpoint metadata)."""
+    return sorted((tuple(leaf.shape), str(leaf.dtype)) for leaf in jax.tree.leaves(state_tree))
+
+
 def load_run(workdir: str | pathlib.Path, step: int | None = None):
     """`(cfg, model, variables, step)` of a training run, for sampling or evaluation.
 
@@ -159,9 +187,9 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None):
         raise ValueError(f"workdir {str(workdir)!r} holds no config.json: not a jaxar run")
     cfg = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     cfg.data.shape = tuple(cfg.data.shape)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
-    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_handlers=handlers)
+    manager = ocp.CheckpointManager(
+        workdir.absolute() / "checkpoints", item_handlers=_item_handlers()
+    )
     steps = manager.all_steps()
     if not steps:
         raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
