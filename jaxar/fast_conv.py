@@ -41,6 +41,7 @@ import numpy as np
 
 IMPLS = ("auto", "plain", "im2col", "split")
 CHUNK_BYTES = 24 * 2**20
+OUTPUT_SIDE_RATIO = 4
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -124,50 +125,99 @@ def tap_conv(x_BHWI, w_TIO, offsets, out_hw) -> jax.Array:
     """`y[b, i, j] = sum_t x[b, i + dr_t, j + dc_t] @ w_TIO[t]`, `[B, *out_hw, O]`, zero outside x.
 
     `offsets` is a static tuple of `(dr, dc)` per tap; batch chunks bound the memory.
+    Few output features (`O * OUTPUT_SIDE_RATIO <= I`, e.g. a network's last layer)
+    take the output side: `z = x @ [w_1 .. w_T]` (T * O features per position), then
+    y sums each tap's block of z at its offset, so x is never gathered T times.
     """
     num_taps, features_in, features_out = w_TIO.shape
+    if features_out * OUTPUT_SIDE_RATIO <= features_in:
+        return _output_side_conv(x_BHWI, w_TIO, offsets, out_hw)
     chunk = _chunk_size(x_BHWI.shape[0], out_hw, num_taps * features_in, x_BHWI.dtype.itemsize)
     w_KO = w_TIO.reshape(num_taps * features_in, features_out)
     x_BHWI, offsets = pad_to_cover(x_BHWI, offsets, out_hw)
     return _map_chunks(lambda x: gather_patches(x, offsets, out_hw) @ w_KO, chunk, x_BHWI)
 
 
+def _output_side_conv(x_BHWI, w_TIO, offsets, out_hw):
+    num_taps, features_in, features_out = w_TIO.shape
+    w_IK = w_TIO.transpose(1, 0, 2).reshape(features_in, num_taps * features_out)
+
+    def tap_sum(x):
+        z, shifted = pad_to_cover(x @ w_IK, offsets, out_hw)
+        (out_h, out_w), o = out_hw, features_out
+        return sum(z[:, dr:dr + out_h, dc:dc + out_w, t * o:(t + 1) * o]
+                   for t, (dr, dc) in enumerate(shifted))
+
+    height, width = x_BHWI.shape[1:3]
+    chunk = _chunk_size(x_BHWI.shape[0], (height, width), num_taps * features_out,
+                        x_BHWI.dtype.itemsize)
+    return _map_chunks(tap_sum, chunk, x_BHWI)
+
+
 def _tap_conv_fwd(x_BHWI, w_TIO, offsets, out_hw):
-    return tap_conv(x_BHWI, w_TIO, offsets, out_hw), (x_BHWI, w_TIO)
+    y = tap_conv(x_BHWI.value, w_TIO.value, offsets, out_hw)
+    return y, (x_BHWI.value, w_TIO.value, x_BHWI.perturbed)
 
 
 def _tap_conv_bwd(offsets, out_hw, residuals, dy_BHWO):
-    x_BHWI, w_TIO = residuals
+    """Both gradients from one gather of dy, or dW from the patches of x.
+
+    With `g[m, t] = dy[m - off_t]` over x's positions (dy gathered at the mirrored
+    offsets, T * O features), `dx = g @ [w_1^T .. w_T^T]` and `dW = x^T @ g`: one
+    gather serves both. When x needs no gradient (a network's data input) and has
+    fewer features than dy, dW comes from the patches of x instead (T * I features).
+    """
+    x_BHWI, w_TIO, needs_dx = residuals
     num_taps, features_in, features_out = w_TIO.shape
+    if not needs_dx and features_in < features_out:
+        return None, _weight_grad_from_patches(x_BHWI, dy_BHWO, w_TIO, offsets, out_hw)
     batch, height, width, _ = x_BHWI.shape
-    # dx[i, j] = sum_t dy[i - dr_t, j - dc_t] @ w_t^T: a tap sum with mirrored offsets.
     mirrored = tuple((-dr, -dc) for dr, dc in offsets)
+    dy_padded, mirrored = pad_to_cover(dy_BHWO, mirrored, (height, width))
     w_KI = w_TIO.transpose(0, 2, 1).reshape(num_taps * features_out, features_in)
     chunk = _chunk_size(batch, (height, width), num_taps * features_out, dy_BHWO.dtype.itemsize)
-    dy_padded, mirrored = pad_to_cover(dy_BHWO, mirrored, (height, width))
-    dx = _map_chunks(
-        lambda dy: gather_patches(dy, mirrored, (height, width)) @ w_KI, chunk, dy_padded
-    )
-    # dW = patches^T @ dy, accumulated over chunks (a separate loop, so an unused dx is
-    # removed whole, e.g. for the data input of the first layer).
-    chunk = _chunk_size(batch, out_hw, num_taps * features_in, x_BHWI.dtype.itemsize)
+
+    def step(dw_IK, xs):
+        x, dy = xs
+        g = gather_patches(dy, mirrored, (height, width))
+        dx = g @ w_KI if needs_dx else None
+        g_NK = g.reshape(-1, num_taps * features_out)
+        x_IN = jax.lax.optimization_barrier(x.reshape(-1, features_in).T)  # see below
+        return dw_IK + jnp.matmul(x_IN, g_NK, preferred_element_type=jnp.float32), dx
+
+    dw_IK = jnp.zeros((features_in, num_taps * features_out), jnp.float32)
+    dw_IK, dx = jax.lax.scan(step, dw_IK, (_split_chunks(x_BHWI, chunk),
+                                           _split_chunks(dy_padded, chunk)))
+    dw_TIO = dw_IK.reshape(features_in, num_taps, features_out).transpose(1, 0, 2)
+    if needs_dx:
+        dx = dx.reshape(-1, *dx.shape[2:])[:batch].astype(x_BHWI.dtype)
+    return dx, dw_TIO.astype(w_TIO.dtype)
+
+
+def _weight_grad_from_patches(x_BHWI, dy_BHWO, w_TIO, offsets, out_hw):
+    """`dW = patches(x)^T @ dy`, accumulated over batch chunks."""
+    num_taps, features_in, features_out = w_TIO.shape
+    chunk = _chunk_size(x_BHWI.shape[0], out_hw, num_taps * features_in, x_BHWI.dtype.itemsize)
     x_padded, offsets = pad_to_cover(x_BHWI, offsets, out_hw)
 
-    def accumulate(dw_KO, xs):
+    def accumulate(dw_OK, xs):
         x, dy = xs
         patches = gather_patches(x, offsets, out_hw).reshape(-1, num_taps * features_in)
-        dy_NO = dy.reshape(-1, features_out)
-        dw = jax.lax.dot_general(patches, dy_NO, (((0,), (0,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
-        return dw_KO + dw, None
+        # dW^T = dy^T @ patches as a row-major matmul: XLA:CPU runs it in its fast
+        # matmul kernels, while a contraction over the patches' leading axis (what
+        # XLA folds the transposes into unless they are kept) falls back to a generic
+        # kernel at about half the speed.
+        dy_ON = jax.lax.optimization_barrier(dy.reshape(-1, features_out).T)
+        dw = jnp.matmul(dy_ON, patches, preferred_element_type=jnp.float32)
+        return dw_OK + dw, None
 
-    dw_KO = jnp.zeros((num_taps * features_in, features_out), jnp.float32)
+    dw_OK = jnp.zeros((features_out, num_taps * features_in), jnp.float32)
     chunks = (_split_chunks(x_padded, chunk), _split_chunks(dy_BHWO, chunk))
-    dw_KO, _ = jax.lax.scan(accumulate, dw_KO, chunks)
-    return dx.astype(x_BHWI.dtype), dw_KO.reshape(w_TIO.shape).astype(w_TIO.dtype)
+    dw_OK, _ = jax.lax.scan(accumulate, dw_OK, chunks)
+    return dw_OK.T.reshape(w_TIO.shape).astype(w_TIO.dtype)
 
 
-tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd, symbolic_zeros=True)
 
 
 def live_taps(mask_HWIO: np.ndarray | None, kernel_hw) -> list[tuple[int, int]]:

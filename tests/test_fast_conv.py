@@ -24,7 +24,8 @@ def assert_same_function(make, x, *args):
         compare_to_plain(make, impl, x, *args)
 
 
-def compare_to_plain(make, impl, x, *args):
+def compare_to_plain(make, impl, x, *args, wrt_input=True):
+    """Outputs and gradients (w.r.t. the parameters, and x unless `wrt_input=False`)."""
     plain, fast = make("plain"), make(impl)
     shapes = jax.eval_shape(plain.init, jax.random.key(0), x, *args)
     fast_shapes = jax.eval_shape(fast.init, jax.random.key(0), x, *args)
@@ -38,7 +39,8 @@ def compare_to_plain(make, impl, x, *args):
             y = module.apply(variables, x, *args)
             return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
 
-        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
+        argnums = (0, 1) if wrt_input else 0
+        (_, y), grads = jax.value_and_grad(loss, argnums=argnums, has_aux=True)(variables, x)
         return y, grads
 
     want = value_and_grads(plain, variables, x)
@@ -64,6 +66,8 @@ def image(channels, batch=3, height=6, width=7, seed=0):
         (5, "B", 2, 3, 6, 12, 2),
         (7, "B", 1, 1, 4, 3, 1),
         (7, "A", 3, 3, 3, 6, 1),
+        (7, "B", 1, 1, 8, 1, 1),  # few outputs: the output-side forward
+        (3, "A", 2, 3, 12, 3, 1),
     ],
 )
 def test_masked_conv_im2col_equals_plain(kernel, mask_type, dilation, groups, features_in,
@@ -84,6 +88,16 @@ def test_batch_chunks_with_a_padded_last_chunk(monkeypatch):
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 2 * per_image)
     assert fast_conv._chunk_size(3, (6, 7), 13 * 4, 4) == 2
     assert_same_function(make, image(4))
+
+
+@pytest.mark.parametrize("features_in,features", [(1, 6), (6, 6), (8, 2)])
+def test_weight_gradient_without_input_gradient(features_in, features):
+    """A data input needs no dx: dW from the patches of x (fewer input features) or from
+    the gathered dy (the output-side forward included), with dx never computed."""
+    def make(impl):
+        return layers.MaskedConv2D(features, 5, "A", conv_impl=impl)
+
+    compare_to_plain(make, "im2col", image(features_in), wrt_input=False)
 
 
 def test_vertical_stack_im2col_equals_plain():
