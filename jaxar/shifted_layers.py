@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import layers
+from jaxar import fast_conv, layers
 
 # Added to the init-batch variance: a feature that is constant on the init
 # batch keeps a finite scale.
@@ -96,7 +96,8 @@ class WNConv(nn.Module):
 
     `input_dilation=2` makes it a stride-2 transposed convolution (zeros
     between input pixels). What an output sees is set by the padding: see the
-    shifted wrappers below.
+    shifted wrappers below. `conv_impl` (`jaxar.fast_conv`) applies to stride-1
+    convolutions; strided and transposed ones always run as XLA's convolution.
     """
 
     features: int
@@ -105,20 +106,25 @@ class WNConv(nn.Module):
     strides: int = 1
     input_dilation: int = 1
     init_scale: float = 1.0
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
         kh, kw = self.kernel_size
         v = self.param("v", direction_init, (kh, kw, x_BHWC.shape[-1], self.features))
         kernel = v * jax.lax.rsqrt(jnp.sum(v * v, axis=(0, 1, 2)))
-        y = jax.lax.conv_general_dilated(
-            x_BHWC,
-            kernel,
-            window_strides=(self.strides, self.strides),
-            padding=self.padding,
-            lhs_dilation=(self.input_dilation, self.input_dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        if self.strides == self.input_dilation == 1:
+            impl = fast_conv.resolve_impl(self.conv_impl)
+            y = fast_conv.conv(x_BHWC, kernel, None, 1, impl, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x_BHWC,
+                kernel,
+                window_strides=(self.strides, self.strides),
+                padding=self.padding,
+                lhs_dilation=(self.input_dilation, self.input_dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
         return _data_dependent_affine(self, y, self.init_scale)
 
 
@@ -138,7 +144,8 @@ class WNDense(nn.Module):
         return _data_dependent_affine(self, y, self.init_scale)
 
 
-def down_shifted_conv(features, kernel_size=(2, 3), strides=1, init_scale=1.0, name=None):
+def down_shifted_conv(features, kernel_size=(2, 3), strides=1, init_scale=1.0, name=None,
+                      conv_impl="auto"):
     """k_h x k_w convolution over rows i - k_h + 1 .. i, centred on column j.
 
     Output (i, j) can NOT see any row below i. (It sees row i itself: follow
@@ -147,17 +154,20 @@ def down_shifted_conv(features, kernel_size=(2, 3), strides=1, init_scale=1.0, n
     """
     kh, kw = kernel_size
     pad = ((kh - 1, 0), ((kw - 1) // 2, (kw - 1) // 2))
-    return WNConv(features, kernel_size, pad, strides, init_scale=init_scale, name=name)
+    return WNConv(features, kernel_size, pad, strides, init_scale=init_scale, name=name,
+                  conv_impl=conv_impl)
 
 
-def down_right_shifted_conv(features, kernel_size=(2, 2), strides=1, init_scale=1.0, name=None):
+def down_right_shifted_conv(features, kernel_size=(2, 2), strides=1, init_scale=1.0, name=None,
+                            conv_impl="auto"):
     """k_h x k_w convolution over rows i - k_h + 1 .. i and columns j - k_w + 1 .. j.
 
     Output (i, j) can NOT see rows below i nor columns right of j (in any row).
     """
     kh, kw = kernel_size
     pad = ((kh - 1, 0), (kw - 1, 0))
-    return WNConv(features, kernel_size, pad, strides, init_scale=init_scale, name=name)
+    return WNConv(features, kernel_size, pad, strides, init_scale=init_scale, name=name,
+                  conv_impl=conv_impl)
 
 
 def down_shifted_conv_transpose(features, kernel_size=(2, 3)) -> WNConv:
@@ -205,12 +215,15 @@ class GatedResnet(nn.Module):
     conv: str
     dropout_rate: float = 0.0
     nonlinearity: str = "concat_elu"
+    conv_impl: str = "auto"
 
     def _conv(self, features, init_scale=1.0, name=None):
+        impl = self.conv_impl
         if self.conv == "down":
-            return down_shifted_conv(features, init_scale=init_scale, name=name)
+            return down_shifted_conv(features, init_scale=init_scale, name=name, conv_impl=impl)
         if self.conv == "down_right":
-            return down_right_shifted_conv(features, init_scale=init_scale, name=name)
+            return down_right_shifted_conv(features, init_scale=init_scale, name=name,
+                                           conv_impl=impl)
         return WNDense(features, init_scale, name=name)
 
     @nn.compact
@@ -237,13 +250,13 @@ def pixel_inputs(x_BHWC: jax.Array, num_levels: int) -> tuple[jax.Array, jax.Arr
     return x, jnp.concatenate([x, jnp.ones_like(x[..., :1])], axis=-1)
 
 
-def up_left_stream(x_pad: jax.Array, features: int) -> jax.Array:
+def up_left_stream(x_pad: jax.Array, features: int, conv_impl: str = "auto") -> jax.Array:
     """PixelCNN++'s first "up and to the left" features: each pixel sees only earlier pixels.
 
     Output (i, j) can NOT see pixel (i, j) itself nor any later pixel in
     raster order: rows above via a down-shifted 1x3 conv, the row's earlier
     pixels via a right-shifted 2x1 conv.
     """
-    above = layers.down_shift(down_shifted_conv(features, (1, 3))(x_pad))
-    left = layers.right_shift(down_right_shifted_conv(features, (2, 1))(x_pad))
+    above = layers.down_shift(down_shifted_conv(features, (1, 3), conv_impl=conv_impl)(x_pad))
+    left = layers.right_shift(down_right_shifted_conv(features, (2, 1), conv_impl=conv_impl)(x_pad))
     return above + left

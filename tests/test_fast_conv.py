@@ -16,6 +16,7 @@ from model_checks import tiny_config
 
 import jaxar
 from jaxar import fast_conv, layers
+from jaxar import models as models_lib
 
 
 def assert_same_function(make, x, *args):
@@ -118,6 +119,50 @@ def test_horizontal_stack_im2col_equals_plain(kernel, mask_type, groups, out_blo
 def test_gated_activation_spatial_conditioning_im2col_equals_plain():
     cond = image(2, seed=1)
     assert_same_function(lambda impl: layers.GatedActivation(impl), image(8), None, cond)
+
+
+@pytest.mark.parametrize(
+    "name,model",
+    [
+        ("pixelcnn_pp", dict(features=8, num_resnets=1, num_mixtures=2, num_resolutions=2,
+                             num_classes=2)),
+        ("pixelsnail", dict(features=8, num_blocks=1, num_resnets=1, key_features=4,
+                            value_features=4, num_mixtures=2, num_classes=2)),
+    ],
+)
+def test_shifted_models_im2col_equal_plain(name, model):
+    """PixelCNN++ / PixelSNAIL with conv_impl="im2col" (stride-1 shifted convolutions):
+    the same data-dependent init, log-likelihood and parameter gradients as plain."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 16, (4, 4, 4, 3)), jnp.int32)
+    labels = jnp.asarray([0, 1, 1, 0])
+    results = []
+    for impl in ("plain", "im2col"):
+        cfg = tiny_config(name, (4, 4, 3), 16, conv_impl=impl, dropout_rate=0.0, **model)
+        net = jaxar.build_model(cfg)
+        assert net.conv_impl == impl
+        variables = jaxar.init_variables(net, cfg, jax.random.key(0), x=x, labels=labels)
+
+        def loss(params, net=net, variables=variables):
+            lp = models_lib.apply_log_prob(net, {**variables, "params": params}, x, labels)
+            return -jnp.mean(lp)
+
+        results.append((variables, *jax.jit(jax.value_and_grad(loss))(variables["params"])))
+    for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0]), strict=True):
+        scale = float(np.max(np.abs(want))) + 1e-6
+        np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, atol=2e-5)
+    assert jax.tree.structure(results[1]) == jax.tree.structure(results[0])
+
+
+def test_tap_rectangles():
+    mask_b = [(r - 3, c - 3) for r in range(4) for c in range(7) if r < 3 or c <= 3]
+    rects = fast_conv.tap_rectangles(tuple(mask_b))
+    assert [r[:5] for r in rects] == [(-3, -3, 3, 7, 1), (0, -3, 1, 4, 1)]
+    assert [mask_b[t] for t in rects[1][5]] == [(0, -3), (0, -2), (0, -1), (0, 0)]
+    dilated = ((-4, -4), (-4, -2), (-4, 0), (-4, 2), (-4, 4), (0, -4), (0, -2), (0, 0))
+    assert [r[:5] for r in fast_conv.tap_rectangles(dilated)] == [(-4, -4, 1, 5, 2),
+                                                                 (0, -4, 1, 3, 2)]
+    assert fast_conv.tap_rectangles(((0, 0), (0, 1), (0, 3))) is None  # a gap in the row
 
 
 def test_auto_picks_im2col_on_cpu_and_bad_impl_raises():

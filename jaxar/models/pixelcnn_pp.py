@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import distributions, layers
+from jaxar import distributions, fast_conv, layers
 from jaxar import shifted_layers as sl
 from jaxar.models import common, pixelcnn_pp_cache
 
@@ -32,6 +32,7 @@ class PixelCNNPP(nn.Module):
     num_mixtures: int = 10
     dropout_rate: float = 0.5
     num_classes: int = 0
+    conv_impl: str = "auto"
 
     @property
     def likelihood(self):
@@ -48,11 +49,12 @@ class PixelCNNPP(nn.Module):
         del cond
         label_BK = layers.one_hot_labels(labels, self.num_classes)
         _, x_pad = sl.pixel_inputs(x, self.num_levels)
-        resnet = lambda conv: sl.GatedResnet(conv, self.dropout_rate)
+        impl = self.conv_impl
+        resnet = lambda conv: sl.GatedResnet(conv, self.dropout_rate, conv_impl=impl)
         f = self.features
 
-        u_list = [layers.down_shift(sl.down_shifted_conv(f, (2, 3))(x_pad))]
-        ul_list = [sl.up_left_stream(x_pad, f)]
+        u_list = [layers.down_shift(sl.down_shifted_conv(f, (2, 3), conv_impl=impl)(x_pad))]
+        ul_list = [sl.up_left_stream(x_pad, f, impl)]
         for level in range(self.num_resolutions):
             if level:
                 u_list.append(sl.down_shifted_conv(f, strides=2)(u_list[-1]))
@@ -103,6 +105,7 @@ def from_config(model_cfg, shape, num_levels) -> PixelCNNPP:
         num_mixtures=model_cfg.get("num_mixtures", 10),
         dropout_rate=model_cfg.get("dropout_rate", 0.5),
         num_classes=model_cfg.get("num_classes", 0),
+        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
     )
 
 

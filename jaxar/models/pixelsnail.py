@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import distributions, layers
+from jaxar import distributions, fast_conv, layers
 from jaxar import shifted_layers as sl
 from jaxar.models import common, pixelcnn_pp_cache, pixelsnail_cache
 from jaxar.models.pixelcnn_pp import check_dropout_rate
@@ -126,6 +126,7 @@ class PixelSNAIL(nn.Module):
     num_classes: int = 0
     ordering_name: str = "raster"
     pixel_order: tuple[int, ...] = ()
+    conv_impl: str = "auto"
 
     @property
     def likelihood(self):
@@ -150,10 +151,11 @@ class PixelSNAIL(nn.Module):
         x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
         background = _background(x.shape)
         if np.array_equal(steps, common.raster_ordering(steps.shape)):
-            ul, conv = sl.up_left_stream(x_pad, self.features), "down_right"
+            ul, conv = sl.up_left_stream(x_pad, self.features, self.conv_impl), "down_right"
         else:
             ul, conv = sl.WNDense(self.features)(shift_in_order(x_pad, steps)), "nin"
-        resnet = lambda kind: sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity)
+        resnet = lambda kind: sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity,
+                                             self.conv_impl)
         for _ in range(self.num_blocks):
             for _ in range(self.num_resnets):
                 ul = resnet(conv)(ul, None, label_BK, train)
@@ -229,4 +231,5 @@ def from_config(model_cfg, shape, num_levels) -> PixelSNAIL:
         num_classes=model_cfg.get("num_classes", 0),
         ordering_name=ordering,
         pixel_order=pixel_order,
+        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
     )
