@@ -1,33 +1,40 @@
 """Convolutions that never compute masked taps: a sum of shifted inputs times tap matrices.
 
 A (masked) convolution is `y[i, j] = sum_t x[i + dr_t, j + dc_t] @ w_t` over its live taps
-t only. The "im2col" implementation gathers the T shifted copies of the input into
-patches `[..., T * I]` and does one matmul with the stacked tap matrices `[T * I, O]`;
-masked taps are never gathered, so a 7x7 type-B convolution costs 25 taps, not 49.
+t only. The "im2col" implementation (`tap_conv`) computes exactly that, so a 7x7 type-B
+convolution costs 25 taps, not 49, in the forward pass and in both gradients:
+
+- forward: the T shifted copies of x gathered into patches `[..., T * I]` and one matmul
+  with the stacked tap matrices `[T * I, O]`; kernels of at most `XLA_FORWARD_MAX_TAPS`
+  live taps (3x3 masks, PixelCNN++'s 2x3 / 2x2 shifted kernels) instead run XLA's
+  convolution over the dense rectangles their taps form, and layers with few outputs
+  (a network's last layer) take the output side: `x @ [w_1 .. w_T]`, then each tap's
+  block is summed at its offset.
+- backward: dy gathered once at the mirrored offsets, `g[m] = [dy[m - off_t]]_t` over
+  x's positions, gives both gradients as matmuls: `dx = g @ [w_t^T]_t` and
+  `dW = x^T @ g`. With no dx wanted (a network's data input) and fewer input than
+  output features, dW comes from the patches of x instead.
 
 Why not XLA's convolution on CPU: its gradients, the weight gradient above all, run
 far below the machine's matmul speed (measured here: 64->64 7x7, batch 128 at 28x28,
-forward 0.44 s, forward and both gradients 1.85 s). Why chunks: the patches of a
-whole batch are large (642 MB for that layer) and XLA:CPU pays a page fault for
-every page of a fresh buffer, which made a whole-batch gather cost more than its
-matmul. `tap_conv` therefore maps over batch chunks of about `CHUNK_BYTES` of
-patches, and its custom VJP recomputes them per chunk (dW = patches^T @ dy) and
-computes dx as another tap sum over dy with the mirrored taps, so no large
-intermediate is ever stored.
+forward 0.25-0.44 s, both gradients 1.1-1.4 s; im2col: forward 0.15 s, both gradients
+0.25 s), while its forward is fine for small kernels. Why chunks: the patches of a
+whole batch are large (642 MB for that layer) and XLA:CPU pays a page fault for every
+page of a fresh buffer, which made a whole-batch gather cost more than its matmul, so
+gathers run over batch chunks of about `CHUNK_BYTES` and are recomputed, never stored.
+The weight gradient is computed as `(x^T)(g)` with x^T materialized: XLA folds a
+transpose into a contraction over the matmul's leading axis, which XLA:CPU runs in a
+generic kernel at half the speed of its matmul kernels.
 
 `conv_impl` ("auto" | "plain" | "im2col" | "split") selects the implementation for
-the layers in `jaxar.layers`; "plain" is the dense masked `lax.conv_general_dilated`.
-"split" (raster-masked convolutions only; other layers given it follow "auto") runs
-XLA's convolution on the two dense parts of the mask, the full rows above the
-centre and the left part of the centre row, so it computes 25 instead of 49 taps of
-a 7x7 mask with XLA's own kernels. "auto" is "im2col" for every layer on CPU and
-"plain" on GPU and TPU (not measured there: no accelerator was available). Measured
-on a 2-core CPU with nothing else running (`benchmarks/train_throughput.py`, train
-steps of whole models): the seed PixelCNN (7x7, 64 features, batch 128) runs 1.81x
-plain with im2col and 1.49x with split; the CPU defaults of PixelCNN and Gated
-PixelCNN 1.12x and 1.35x with im2col, 0.94x and 1.03x with split. (Under load from
-other processes, single 64->64 7x7 layers favoured split: 0.97 s forward + both
-gradients against 1.33 s im2col and 1.85 s plain.)
+the layers in `jaxar.layers` and the stride-1 convolutions of `jaxar.shifted_layers`;
+"plain" is the dense masked `lax.conv_general_dilated`. "split" (raster-masked
+convolutions only; other layers given it follow "auto") runs XLA's convolution on the
+two dense parts of the mask, forward and gradients. "auto" is "im2col" on CPU and
+"plain" on GPU and TPU (not measured there: no accelerator was available). Measured on
+a 2-core CPU (`benchmarks/train_throughput.py --rounds 5`, train steps of whole models,
+im2col / plain): seed PixelCNN (7x7, 64 features, batch 128) 2.6-2.7x, the CPU defaults
+of PixelCNN 1.25x, Gated PixelCNN 1.7x, PixelCNN++ 1.1x, PixelSNAIL 1.04x.
 """
 
 from __future__ import annotations
@@ -231,7 +238,7 @@ def _tap_conv_bwd(offsets, out_hw, residuals, dy_BHWO):
         g = gather_patches(dy, mirrored, (height, width))
         dx = g @ w_KI if needs_dx else None
         g_NK = g.reshape(-1, num_taps * features_out)
-        x_IN = jax.lax.optimization_barrier(x.reshape(-1, features_in).T)  # see below
+        x_IN = jax.lax.optimization_barrier(x.reshape(-1, features_in).T)  # module doc
         return dw_IK + jnp.matmul(x_IN, g_NK, preferred_element_type=jnp.float32), dx
 
     dw_IK = jnp.zeros((features_in, num_taps * features_out), jnp.float32)
@@ -252,10 +259,7 @@ def _weight_grad_from_patches(x_BHWI, dy_BHWO, w_TIO, offsets, out_hw):
     def accumulate(dw_OK, xs):
         x, dy = xs
         patches = gather_patches(x, offsets, out_hw).reshape(-1, num_taps * features_in)
-        # dW^T = dy^T @ patches as a row-major matmul: XLA:CPU runs it in its fast
-        # matmul kernels, while a contraction over the patches' leading axis (what
-        # XLA folds the transposes into unless they are kept) falls back to a generic
-        # kernel at about half the speed.
+        # dW^T = dy^T @ patches as a row-major matmul (module doc).
         dy_ON = jax.lax.optimization_barrier(dy.reshape(-1, features_out).T)
         dw = jnp.matmul(dy_ON, patches, preferred_element_type=jnp.float32)
         return dw_OK + dw, None
