@@ -6,8 +6,9 @@ convolution costs 25 taps, not 49, in the forward pass and in both gradients:
 
 - forward: the T shifted copies of x gathered into patches `[..., T * I]` and one matmul
   with the stacked tap matrices `[T * I, O]`; kernels of at most `XLA_FORWARD_MAX_TAPS`
-  live taps (3x3 masks, PixelCNN++'s 2x3 / 2x2 shifted kernels) instead run XLA's
-  convolution over the dense rectangles their taps form, and layers with few outputs
+  live taps (3x3 masks, PixelCNN++'s 2x3 / 2x2 shifted kernels) on maps of at least
+  `XLA_FORWARD_MIN_POSITIONS` outputs instead run XLA's convolution over the dense
+  rectangles their taps form, and layers with few outputs
   (a network's last layer) take the output side: `x @ [w_1 .. w_T]`, then each tap's
   block is summed at its offset.
 - backward: dy gathered once at the mirrored offsets, `g[m] = [dy[m - off_t]]_t` over
@@ -51,6 +52,7 @@ IMPLS = ("auto", "plain", "im2col", "split")
 CHUNK_BYTES = 24 * 2**20
 OUTPUT_SIDE_RATIO = 4
 XLA_FORWARD_MAX_TAPS = 9
+XLA_FORWARD_MIN_POSITIONS = 64
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -139,13 +141,16 @@ def tap_conv(x_BHWI, w_TIO, offsets, out_hw) -> jax.Array:
     `z = x @ [w_1 .. w_T]` (T * O features per position), then y sums each tap's
     block of z at its offset, so x is never gathered T times; few taps (at most
     `XLA_FORWARD_MAX_TAPS`, e.g. 3x3 masks, PixelCNN++'s 2x3 and 2x2 shifted
-    kernels): XLA's convolution over the dense rectangles the taps form (its forward
-    is fast; only its gradients are slow); otherwise the patch gather and one matmul.
+    kernels) and maps of at least `XLA_FORWARD_MIN_POSITIONS` outputs: XLA's
+    convolution over the dense rectangles the taps form (its forward is fast; only its
+    gradients are slow); otherwise the patch gather and one matmul. (On a cached
+    sampler's window of a row or a pixel, XLA's convolution costs about 10x the gather.)
     """
     num_taps, features_in, features_out = w_TIO.shape
     if features_out * OUTPUT_SIDE_RATIO <= features_in:
         return _output_side_conv(x_BHWI, w_TIO, offsets, out_hw)
-    if num_taps <= XLA_FORWARD_MAX_TAPS and (rects := tap_rectangles(offsets)) is not None:
+    if (num_taps <= XLA_FORWARD_MAX_TAPS and math.prod(out_hw) >= XLA_FORWARD_MIN_POSITIONS
+            and (rects := tap_rectangles(offsets)) is not None):
         return _rectangle_conv(x_BHWI, w_TIO, rects, out_hw)
     chunk = _chunk_size(x_BHWI.shape[0], out_hw, num_taps * features_in, x_BHWI.dtype.itemsize)
     w_KO = w_TIO.reshape(num_taps * features_in, features_out)
