@@ -119,7 +119,11 @@ def fake_checkout(tmp_path, script: str) -> pathlib.Path:
 def test_slurm_script_starts_one_process_per_node_with_the_coordinator(tmp_path):
     repo = fake_checkout(tmp_path, "slurm.sbatch")
     bin_dir = fake_commands(tmp_path, "python")
-    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'gpu-a\\ngpu-b\\n'\n")
+    # A long node list, gpu-a first: it must be read whole, since `| head -n 1` under
+    # pipefail failed the job with scontrol's SIGPIPE whenever head exited first.
+    (bin_dir / "scontrol").write_text(
+        "#!/usr/bin/env bash\nprintf 'gpu-a\\ngpu-b\\n'\n"
+        "for i in {1..20000}; do echo gpu-$i; done\n")
     # srun: two tasks, each with its SLURM_PROCID, running the command after the options.
     (bin_dir / "srun").write_text(
         '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
