@@ -291,7 +291,9 @@ def live_taps(mask_HWIO: np.ndarray | None, kernel_hw) -> list[tuple[int, int]]:
 
 def conv(x_BHWI, kernel_HWIO, mask_HWIO=None, dilation: int = 1, impl: str = "plain",
          padding=((0, 0), (0, 0))):
-    """Stride-1 convolution with `kernel * mask`; "im2col" never computes the masked taps.
+    """Stride-1 convolution with `kernel * mask`; "im2col" and "split" never compute the
+    masked taps ("split": XLA's convolution over the dense rectangles of live taps,
+    forward and gradients).
 
     `padding = ((top, bottom), (left, right))` zeros around x (the default: VALID).
     """
@@ -307,22 +309,29 @@ def conv(x_BHWI, kernel_HWIO, mask_HWIO=None, dilation: int = 1, impl: str = "pl
             dimension_numbers=_NHWC,
         )
     taps = live_taps(mask_HWIO, (kh, kw))
+    (top, bottom), (left, right) = padding
+    out_hw = (
+        x_BHWI.shape[1] + top + bottom - dilation * (kh - 1),
+        x_BHWI.shape[2] + left + right - dilation * (kw - 1),
+    )
+    if not taps:  # e.g. a 1x1 type-A mask with one group: the output is zero
+        return jnp.zeros((x_BHWI.shape[0], *out_hw, kernel_HWIO.shape[-1]), x_BHWI.dtype)
     flat_taps = np.array([r * kw + c for r, c in taps])
     w_TIO = kernel_HWIO.reshape(kh * kw, *kernel_HWIO.shape[2:])[flat_taps]
     if mask_HWIO is not None:
         tap_mask = mask_HWIO.reshape(kh * kw, *mask_HWIO.shape[2:])[flat_taps]
         if not tap_mask.all():  # e.g. the centre tap under channel groups
             w_TIO = w_TIO * tap_mask
-    (top, bottom), (left, right) = padding
-    if (kh, kw) == (1, 1) and top == bottom == left == right == 0:
+    if impl != "split" and (kh, kw) == (1, 1) and top == bottom == left == right == 0:
         return x_BHWI @ w_TIO[0]  # pointwise: a plain matmul, no patches to bound
-    out_hw = (
-        x_BHWI.shape[1] + top + bottom - dilation * (kh - 1),
-        x_BHWI.shape[2] + left + right - dilation * (kw - 1),
-    )
     # Offsets into the unpadded x (zero outside it), so dx covers x only.
     offsets = tuple((dilation * r - top, dilation * c - left) for r, c in taps)
-    return tap_conv(x_BHWI, w_TIO, offsets, out_hw)
+    if impl != "split":
+        return tap_conv(x_BHWI, w_TIO, offsets, out_hw)
+    if (rects := tap_rectangles(offsets)) is None:
+        raise ValueError("conv_impl='split' needs live taps that form dense rectangles "
+                         f"(rows of evenly spaced taps), got taps {taps}")
+    return _rectangle_conv(x_BHWI, w_TIO, rects, out_hw)
 
 
 def conv_general_dilated_fn(impl: str):

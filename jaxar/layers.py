@@ -111,9 +111,7 @@ class MaskedConv2D(nn.Module):
         impl = "im2col" if window is not None else fast_conv.resolve_impl(
             self.conv_impl, masked=True
         )
-        if impl == "split":
-            y = _split_masked_conv(x_BHWC, kernel, mask, self.dilation)
-        elif impl == "plain":
+        if impl == "plain":
             y = jax.lax.conv_general_dilated(
                 x_BHWC,
                 kernel * mask,
@@ -131,31 +129,6 @@ class MaskedConv2D(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y
-
-
-def _split_masked_conv(x_BHWC, kernel, mask, dilation: int) -> jax.Array:
-    """A raster-masked k x k convolution (SAME size) as two dense XLA convolutions.
-
-    The k // 2 rows above the centre are all live: one convolution with those
-    kernel rows, padded so its output rows line up (the bottom padding is
-    negative: it drops the input rows that only the cut rows would read). The
-    centre row is live up to the centre (the centre tap under the channel
-    mask): a 1 x (k // 2 + 1) convolution over the current row and its left.
-    """
-    k, c, d = kernel.shape[0], kernel.shape[0] // 2, dilation
-    if not (mask[:c].all() and not mask[c + 1 :].any() and not mask[c, c + 1 :].any()):
-        raise ValueError("conv_impl='split' needs a raster mask (rows above the centre live)")
-
-    def conv(kernel, padding):
-        return jax.lax.conv_general_dilated(
-            x_BHWC, kernel, (1, 1), padding, rhs_dilation=(d, d),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-
-    y = conv(kernel[c : c + 1, : c + 1] * mask[c : c + 1, : c + 1], ((0, 0), (d * c, 0)))
-    if c:
-        y = y + conv(kernel[:c], ((d * c, d * (2 * c - k)), (d * c, d * c)))
-    return y
 
 
 class MaskedDense(nn.Module):

@@ -91,6 +91,18 @@ def test_batch_chunks_with_a_padded_last_chunk(monkeypatch):
     assert_same_function(make, image(4))
 
 
+@pytest.mark.parametrize("impl", ["im2col", "split"])
+def test_mask_without_live_taps_gives_zeros(impl):
+    """A 1x1 type-A mask with one group masks every weight: zeros, as plain gives."""
+    x = image(3)
+    layer = layers.MaskedConv2D(4, 1, "A", use_bias=False, conv_impl=impl)
+    variables = layer.init(jax.random.key(0), x)
+    out = layer.apply(variables, x)
+    assert out.shape == (3, 6, 7, 4) and not np.any(np.asarray(out))
+    kernel_grad = jax.grad(lambda v: jnp.sum(layer.apply(v, x)))(variables)["params"]["kernel"]
+    assert not np.any(np.asarray(kernel_grad))
+
+
 @pytest.mark.parametrize("features_in,features", [(1, 6), (6, 6), (8, 2)])
 def test_weight_gradient_without_input_gradient(features_in, features):
     """A data input needs no dx: dW from the patches of x (fewer input features) or from
