@@ -183,9 +183,11 @@ def test_auto_picks_im2col_on_cpu_and_bad_impl_raises():
     assert fast_conv.resolve_impl("split", masked=True) == "split"
     assert fast_conv.resolve_impl("split") == "im2col"  # unmasked: the auto rule
     assert fast_conv.resolve_impl("plain") == "plain"
-    cfg = tiny_config("pixelcnn", (4, 4, 1), 2, conv_impl="fast")
-    with pytest.raises(ValueError, match="model.conv_impl must be one of"):
-        jaxar.build_model(cfg)
+    for name, shape in [("pixelcnn", (4, 4, 1)), ("gated_pixelcnn", (4, 4, 1)),
+                        ("pixelcnn_pp", (4, 4, 3)), ("pixelsnail", (4, 4, 3))]:
+        cfg = tiny_config(name, shape, 2, conv_impl="fast")
+        with pytest.raises(ValueError, match="model.conv_impl must be one of"):
+            jaxar.build_model(cfg)
 
 
 def test_im2col_rejects_what_it_does_not_implement():
