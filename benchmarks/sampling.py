@@ -5,7 +5,7 @@
   python benchmarks/sampling.py --configs experiments/pixelcnn_pp_cifar10.py:default \
       --naive_max_steps 48
 
-Both methods run through `jaxar.sample` on the same model, variables (random
+Both methods run through `jaxar.cli.sample` on the same model, variables (random
 init: speed does not depend on the weights), key and batch. Each is compiled
 first by a warm-up call (for "naive", with every dimension known, so its
 `lax.cond` skips every network pass: same executable, no generation), then

@@ -3,7 +3,7 @@
   python benchmarks/sampling_sequences.py        # WaveNet L=1024, 4096; Transformer 28x28
   python benchmarks/sampling_sequences.py --naive_max_steps 4096   # naive all in full
 
-Both methods run through `jaxar.sample` on the same model, variables, key and batch.
+Both methods run through `jaxar.cli.sample` on the same model, variables, key and batch.
 Each is compiled first by a warm-up call (for "naive", with every dimension known, so
 that its `lax.cond` skips all network passes: same executable, no generation), then
 timed once with `block_until_ready`. "naive" reruns the whole network at every step,

@@ -6,9 +6,9 @@
 For each config the same model is built once per path with the same initial
 parameters: `model.conv_impl = "plain"` (dense kernel times mask,
 `lax.conv_general_dilated`), "im2col" everywhere (masked taps never computed,
-`jaxar.fast_conv`), "split" (masked convolutions as two dense XLA convolutions over
+`jaxar.nn.fast_conv`), "split" (masked convolutions as two dense XLA convolutions over
 their live rows; other layers as "auto"; only for models with masked convolutions)
-and "auto" (the default: per backend, what `jaxar.fast_conv` measured fastest).
+and "auto" (the default: per backend, what `jaxar.nn.fast_conv` measured fastest).
 PixelCNN++ and PixelSNAIL have no masked taps: there "im2col" runs their stride-1
 shifted convolutions with XLA's forward and gathered gradients. A train step is the
 loss (mean bits/dim of a random batch of the config's shape and batch size), its
@@ -32,9 +32,9 @@ import numpy as np
 import optax
 
 import jaxar
-from jaxar import fast_conv
 from jaxar import models as models_lib
 from jaxar.models import common
+from jaxar.nn import fast_conv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMPLS = ("auto", "im2col", "split", "plain")

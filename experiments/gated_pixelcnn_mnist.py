@@ -2,7 +2,7 @@
 
 Variants (`--config experiments/gated_pixelcnn_mnist.py:VARIANT`):
   default      unconditional, 6 gated layers of 32 features, embedded 5k MNIST.
-               python -m jaxar.main --config experiments/gated_pixelcnn_mnist.py \
+               jaxar-train --config experiments/gated_pixelcnn_mnist.py \
                    --workdir runs/gated_mnist
   class        the default, conditioned on the digit class (samples: one row per class).
   lowres       the default, conditioned on a 7x7 average-pooled copy of the image

@@ -3,14 +3,14 @@
 Variants (`--config experiments/made_mnist.py:VARIANT`):
   default  2 x 512 hidden units, order-agnostic training over 8 random orderings with
            connectivity resampled per step, test-time ensemble of the 8; embedded 5k MNIST.
-           python -m jaxar.main --config experiments/made_mnist.py --workdir runs/made_mnist
+           jaxar-train --config experiments/made_mnist.py --workdir runs/made_mnist
   smoke    seconds, for tests.
   seed     the seed survey's MADE: 3 x 512 hidden, one natural-order mask, Adam lr 1e-2,
            batch 128, 20 epochs of TFDS MNIST thresholded at 0.5; it reports 0.2096 bits/dim.
   paper    Germain et al. (2015): 2 x 8000 hidden units, 32 masks (orderings and
            connectivity) trained agnostically, ensembled at test time, on TFDS
            `binarized_mnist`; published 86.64 nats (single mask 1 x 500: 88.40).
-           python -m jaxar.main --config experiments/made_mnist.py:paper --workdir runs/made_paper
+           jaxar-train --config experiments/made_mnist.py:paper --workdir runs/made_paper
 """
 
 from experiments import base

@@ -2,7 +2,7 @@
 
 Variants (`--config experiments/pixelcnn_mnist.py:VARIANT`):
   default  residual PixelCNN on the embedded 5k MNIST sample; minutes on a 2-core CPU.
-           python -m jaxar.main --config experiments/pixelcnn_mnist.py --workdir runs/pixelcnn_mnist
+           jaxar-train --config experiments/pixelcnn_mnist.py --workdir runs/pixelcnn_mnist
   smoke    seconds, for tests.
   seed     the seed survey's network and training: mask-A 7x7 conv 1->64, three mask-B
            7x7 64->64, mask-B 7x7 64->1, ReLU, Bernoulli, Adam lr 2e-4, batch 128, 21
@@ -10,7 +10,7 @@ Variants (`--config experiments/pixelcnn_mnist.py:VARIANT`):
   paper    van den Oord et al. (2016): 15 residual blocks of h=64 (2h=128 features),
            3x3 masked convs, Bernoulli, on TFDS `binarized_mnist`; published NLL 81.30
            nats (eval/nll_nats). Needs prepared TFDS data (README, "Data").
-           python -m jaxar.main --config experiments/pixelcnn_mnist.py:paper \
+           jaxar-train --config experiments/pixelcnn_mnist.py:paper \
                --workdir runs/pixelcnn_paper
 """
 

@@ -4,14 +4,14 @@ Variants (`--config experiments/pixelcnn_pp_cifar10.py:VARIANT`):
   default  a CPU-sized PixelCNN++ (3 resolutions, 1 resnet per stage, 32 filters, 5
            mixtures) on TFDS cifar10; about 0.5 s per step of 16 images on a 2-core CPU.
            Needs prepared TFDS data (README, "Data"); any folder of images works too:
-           python -m jaxar.main --config experiments/pixelcnn_pp_cifar10.py \
+           jaxar-train --config experiments/pixelcnn_pp_cifar10.py \
                --workdir runs/pixelcnn_pp_cifar10
-           python -m jaxar.main --config experiments/pixelcnn_pp_cifar10.py \
+           jaxar-train --config experiments/pixelcnn_pp_cifar10.py \
                --workdir runs/pixelcnn_pp_gems --config.data.source=folder \
                --config.data.path=PATH/TO/IMAGES
   mnist    the default network on the embedded 5k MNIST sample at 8 bits (28x28x1, 256
            levels): runs anywhere with no download (README, "Results").
-           python -m jaxar.main --config experiments/pixelcnn_pp_cifar10.py:mnist \
+           jaxar-train --config experiments/pixelcnn_pp_cifar10.py:mnist \
                --workdir runs/pixelcnn_pp_mnist
   smoke    seconds: 8x8x3 synthetic stripes, for tests and the CLI check.
   paper    the released model and training: 5 gated resnets per stage, 160 filters, 10
@@ -20,7 +20,7 @@ Variants (`--config experiments/pixelcnn_pp_cifar10.py:VARIANT`):
            devices (global 128), data-dependent init on 16 images, no gradient clipping.
            Target: 2.92 bits/dim on the CIFAR-10 test set (eval/bpd); the Flax example
            of the same model reached it in about 1.5 days on 8 V100s.
-           python -m jaxar.main --config experiments/pixelcnn_pp_cifar10.py:paper \
+           jaxar-train --config experiments/pixelcnn_pp_cifar10.py:paper \
                --workdir runs/pixelcnn_pp_paper
 """
 

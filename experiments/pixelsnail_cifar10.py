@@ -4,11 +4,11 @@ Variants (`--config experiments/pixelsnail_cifar10.py:VARIANT`):
   default  a CPU-sized PixelSNAIL (2 blocks of 2 resnets + attention, 32 filters, 5
            mixtures) on TFDS cifar10. Needs prepared TFDS data (README, "Data"), or use
            --config.data.source=folder --config.data.path=PATH/TO/IMAGES.
-           python -m jaxar.main --config experiments/pixelsnail_cifar10.py \
+           jaxar-train --config experiments/pixelsnail_cifar10.py \
                --workdir runs/pixelsnail_cifar10
   mnist    the default network on the embedded 5k MNIST sample at 8 bits (28x28x1, 256
            levels): runs anywhere with no download (README, "Results").
-           python -m jaxar.main --config experiments/pixelsnail_cifar10.py:mnist \
+           jaxar-train --config experiments/pixelsnail_cifar10.py:mnist \
                --workdir runs/pixelsnail_mnist
   smoke    seconds: 8x8x3 synthetic stripes, for tests.
   zigzag   the default generating pixels along anti-diagonals (model.ordering).
@@ -19,7 +19,7 @@ Variants (`--config experiments/pixelsnail_cifar10.py:VARIANT`):
            by 0.999998 per step, Polyak EMA 0.9995, batch 8 per device (global 64 for 8
            devices: the device count is not in the released code), init on 8 images.
            Target: 2.85 bits/dim on the CIFAR-10 test set (eval/bpd).
-           python -m jaxar.main --config experiments/pixelsnail_cifar10.py:paper \
+           jaxar-train --config experiments/pixelsnail_cifar10.py:paper \
                --workdir runs/pixelsnail_paper
   imagenet32  the paper network and training on TFDS `imagenet_resized/32x32` (1.28M
            images; evaluated on its validation split). PixelSNAIL reports 3.80 bits/dim

@@ -7,7 +7,7 @@ Variants (`--config experiments/transformer_mnist.py:VARIANT`):
            small: 1500 steps of 8 took 6 min on a shared 2-core CPU (0.1885 bits/dim). Other
            orderings: --config.model.ordering=zigzag (or random, with
            --config.model.ordering_seed).
-           python -m jaxar.main --config experiments/transformer_mnist.py \
+           jaxar-train --config experiments/transformer_mnist.py \
                --workdir runs/transformer_mnist
   smoke    seconds, for tests.
   paper    Image-Transformer-sized (Parmar et al., 2018: width 512, 8 heads, dropout
@@ -15,7 +15,7 @@ Variants (`--config experiments/transformer_mnist.py:VARIANT`):
            `binarized_mnist`. The seed survey reports 0.1486 test bits/dim for its
            (smaller) Transformer on MNIST thresholded at 0.5. For accelerators; needs
            prepared TFDS data (README, "Data").
-           python -m jaxar.main --config experiments/transformer_mnist.py:paper \
+           jaxar-train --config experiments/transformer_mnist.py:paper \
                --workdir runs/transformer_paper
 """
 

@@ -5,7 +5,7 @@ Variants (`--config experiments/wavenet_audio.py:VARIANT`):
                    conditioned on the tones' frequency band (4 classes); one stack of
                    dilations 1..256 (receptive field 513 samples, > the longest period
                    of 160 samples); 1500 steps of 8 took 3.6 min on a shared 2-core CPU.
-                   python -m jaxar.main --config experiments/wavenet_audio.py \
+                   jaxar-train --config experiments/wavenet_audio.py \
                        --workdir runs/wavenet_audio
   smoke            seconds, for tests; also conditioned locally on frame means.
   speech_commands  TFDS `speech_commands` (12 word classes), 1 s clips (16000 samples,
@@ -13,7 +13,7 @@ Variants (`--config experiments/wavenet_audio.py:VARIANT`):
                    dilations 1..512 (receptive field 3071 samples, 192 ms) with 64
                    residual and 256 skip channels, close to the paper's audio models. For
                    accelerators; needs prepared TFDS data (README, "Data").
-                   python -m jaxar.main --config experiments/wavenet_audio.py:speech_commands \
+                   jaxar-train --config experiments/wavenet_audio.py:speech_commands \
                        --workdir runs/wavenet_speech
   nsynth           TFDS `nsynth/gansynth_subset` (acoustic notes), the middle second of
                    each 4 s note, conditioned on the instrument family (11); the

@@ -4,7 +4,7 @@ Variants (`--config experiments/wavenet_mnist.py:VARIANT`):
   default      one stack of dilations 1..512 (receptive field 1025 > 784: every pixel
                sees the whole prefix), 32 residual channels, on the embedded 5k MNIST
                sample; 2000 steps of 16 took 7 min on a shared 2-core CPU (0.1206 bits/dim).
-               python -m jaxar.main --config experiments/wavenet_mnist.py \
+               jaxar-train --config experiments/wavenet_mnist.py \
                    --workdir runs/wavenet_mnist
   conditional  the same, conditioned globally on the digit and locally on the 28 row
                means (`model.cond_shape = (28, 1)`, a down-sampled copy of the image):

@@ -3,7 +3,7 @@
 from jaxar.config import load_config
 from jaxar.models import bits_per_dim, build_model, init_variables, log_prob, ordering
 from jaxar.sampling import sample
-from jaxar.train import train_and_evaluate
+from jaxar.training.train import train_and_evaluate
 
 __all__ = [
     "bits_per_dim",

@@ -2,7 +2,7 @@
 # Runs a command inside the project's virtual environment (.venv), creating it
 # or bringing it up to date first when pyproject.toml changed. Plain venv + pip
 # because they ship with every Python 3.11+, so a fresh machine needs nothing else.
-#   launch/env.sh python -m jaxar.main --config experiments/pixelcnn_mnist.py --workdir runs/x
+#   launch/env.sh python -m jaxar.cli.train --config experiments/pixelcnn_mnist.py --workdir runs/x
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${JAXAR_VENV:-$root/.venv}"

@@ -2,7 +2,7 @@
 # Trains jaxar on every GPU of this machine: one process, the mesh spans all its GPUs
 # (train.batch_size is the global batch, split over them).
 #
-#   launch/multi_gpu.sh CONFIG WORKDIR [jaxar.main flags...]
+#   launch/multi_gpu.sh CONFIG WORKDIR [jaxar.cli.train flags...]
 #   launch/multi_gpu.sh experiments/pixelcnn_mnist.py runs/pixelcnn_mnist --config.mesh.fsdp=2
 #
 # CUDA_VISIBLE_DEVICES=0,1 restricts the run to those GPUs. The first run creates
@@ -23,5 +23,5 @@ config="$1"; workdir="$2"; shift 2
 
 # XLA preallocates 75% of each GPU by default; that is what training wants, so keep it.
 # --distributed=off: one process owns all the GPUs, even inside a SLURM allocation.
-exec "$root/launch/env.sh" python -m jaxar.main --config "$config" --workdir "$workdir" \
+exec "$root/launch/env.sh" python -m jaxar.cli.train --config "$config" --workdir "$workdir" \
   --distributed=off "$@"

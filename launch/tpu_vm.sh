@@ -3,7 +3,7 @@
 # creates the VM, copies this checkout to every worker and installs it, starts the
 # same training command on all workers at once, then deletes the VM.
 #
-#   launch/tpu_vm.sh [options] -- CONFIG WORKDIR [jaxar.main flags...]
+#   launch/tpu_vm.sh [options] -- CONFIG WORKDIR [jaxar.cli.train flags...]
 #
 #   launch/tpu_vm.sh --name jaxar-v4 --zone us-central2-b --accelerator-type v4-8 \
 #       -- experiments/pixelcnn_mnist.py runs/pixelcnn_mnist --config.train.num_steps=2000
@@ -22,7 +22,7 @@
 #   --keep                     do not delete the VM at the end
 #   --dry-run                  print every command (local and gcloud) without running any
 #
-# Every worker runs the same command; jaxar.main detects the TPU VM and calls
+# Every worker runs the same command; jaxar.cli.train detects the TPU VM and calls
 # jax.distributed.initialize(), which reads the pod's layout from the VM metadata.
 # A relative WORKDIR lies in ~/jaxar on the workers; without --bucket it is copied
 # back from worker 0 (into this checkout) before the VM is deleted. Re-running the
@@ -83,7 +83,7 @@ if [[ -n "$project" ]]; then common+=(--project="$project"); fi
 tarball="${TMPDIR:-/tmp}/jaxar-$name.tar.gz"
 
 # The training command every worker runs, as one shell string for `ssh --command`.
-train_cmd="cd ~/jaxar && PYTHON=python3.11 launch/env.sh python -m jaxar.main"
+train_cmd="cd ~/jaxar && PYTHON=python3.11 launch/env.sh python -m jaxar.cli.train"
 train_cmd+="$(printf ' %q' --config "$config" --workdir "$workdir" "$@")"
 
 # Python 3.11 (jaxar needs >= 3.11; the image ships 3.10), this checkout, its

@@ -1,6 +1,11 @@
 """Records, for each model's smoke config, parameters, log-probs of a fixed batch and samples."""
-import sys, json
-import jax, jax.numpy as jnp, numpy as np
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 import jaxar
 from jaxar.models import default_cond
 

@@ -24,8 +24,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 import jaxar
-from jaxar import data, sharding, train
+from jaxar import data
 from jaxar.models import common
+from jaxar.training import sharding, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3

@@ -9,8 +9,10 @@ from tensorflow_datasets.core import example_serializer, naming
 from tensorflow_datasets.core.features import feature as feature_lib
 
 import jaxar
-from jaxar import audio, data, reporting
+from jaxar import data
+from jaxar.data import audio
 from jaxar.distributions import mu_law_decode, mu_law_encode
+from jaxar.training import reporting
 
 # --- mu-law -------------------------------------------------------------------------------
 

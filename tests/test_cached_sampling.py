@@ -1,5 +1,5 @@
 """method="cached" draws exactly what method="naive" draws, and its per-pixel parameters are
-those of a full forward pass (PixelCNN and Gated PixelCNN, `jaxar.cache`)."""
+those of a full forward pass (PixelCNN and Gated PixelCNN, `jaxar.nn.cache`)."""
 
 import jax
 import jax.numpy as jnp

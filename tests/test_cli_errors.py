@@ -29,7 +29,7 @@ def test_bad_cli_input_exits_2(tmp_path, args, message):
     empty.mkdir()
     args = [a.replace("EMPTY", str(empty)) for a in args]
     result = subprocess.run(
-        [sys.executable, "-m", "jaxar.main", "--workdir", str(tmp_path / "run"), *args],
+        [sys.executable, "-m", "jaxar.cli.train", "--workdir", str(tmp_path / "run"), *args],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -41,7 +41,7 @@ def test_unusable_workdir_exits_2(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     result = subprocess.run(
-        [sys.executable, "-m", "jaxar.main", "--config", SMOKE, "--workdir",
+        [sys.executable, "-m", "jaxar.cli.train", "--config", SMOKE, "--workdir",
          str(blocker / "run")],
         capture_output=True, text=True, timeout=120,
     )

@@ -1,4 +1,4 @@
-"""The fast convolutions (`jaxar.fast_conv`) compute what the plain masked ones do.
+"""The fast convolutions (`jaxar.nn.fast_conv`) compute what the plain masked ones do.
 
 Each layer is built with conv_impl="plain", "im2col" and "split" on the same variables;
 outputs and gradients (w.r.t. every parameter and the input) must agree to float
@@ -15,8 +15,8 @@ import pytest
 from model_checks import tiny_config
 
 import jaxar
-from jaxar import fast_conv, layers
 from jaxar import models as models_lib
+from jaxar.nn import fast_conv, layers
 
 
 def assert_same_function(make, x, *args):

@@ -74,7 +74,7 @@ def test_tpu_vm_dry_run_prints_the_gcloud_commands_and_runs_nothing(tmp_path):
     assert "launch/env.sh" in install and '"jax[tpu]==$(python -c' in install
     assert "gcsfuse --implicit-dirs my-runs /mnt/bucket" in mount
     assert training == (
-        "--command=cd ~/jaxar && PYTHON=python3.11 launch/env.sh python -m jaxar.main "
+        "--command=cd ~/jaxar && PYTHON=python3.11 launch/env.sh python -m jaxar.cli.train "
         "--config experiments/pixelcnn_mnist.py --workdir /mnt/bucket/runs/x "
         "--config.train.num_steps=10")
     assert lines[6] == f"{tpu} delete {where} --quiet"
@@ -137,9 +137,9 @@ def test_slurm_script_starts_one_process_per_node_with_the_coordinator(tmp_path)
         SLURM_JOB_ID="1234", SLURM_JOB_NUM_NODES="2",
     )
     assert result.returncode == 0, result.stderr
-    runs = [c for c in calls(tmp_path) if c[1:3] == ["-m", "jaxar.main"]]
+    runs = [c for c in calls(tmp_path) if c[1:3] == ["-m", "jaxar.cli.train"]]
     assert runs == [
-        ["python", "-m", "jaxar.main", "--coordinator_address=gpu-a:21234",
+        ["python", "-m", "jaxar.cli.train", "--coordinator_address=gpu-a:21234",
          "--num_processes=2", f"--process_id={i}", "--config", "experiments/pixelcnn_mnist.py",
          "--workdir", "/shared/run", "--config.train.num_steps=5", str(i)]
         for i in range(2)
@@ -154,5 +154,5 @@ def test_multi_gpu_script_runs_one_process_without_distributed_start_up(tmp_path
          "--config.mesh.fsdp=2"], tmp_path, bin_dir)
     assert result.returncode == 0, result.stderr
     assert calls(tmp_path)[-1] == [
-        "python", "-m", "jaxar.main", "--config", "experiments/pixelcnn_mnist.py", "--workdir",
+        "python", "-m", "jaxar.cli.train", "--config", "experiments/pixelcnn_mnist.py", "--workdir",
         "runs/x", "--distributed=off", "--config.mesh.fsdp=2", ""]

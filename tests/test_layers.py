@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxar import layers
+from jaxar.nn import layers
 
 H, W = 5, 6
 

@@ -28,8 +28,8 @@ from weightnorm_checks import (
 )
 
 import jaxar
-from jaxar import shifted_layers as sl
 from jaxar.models import common
+from jaxar.nn import shifted_layers as sl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=4, num_resnets=1, num_resolutions=2, num_mixtures=2)
@@ -155,9 +155,9 @@ def test_config_errors():
 
 
 def test_cli_smoke_trains_and_samples(tmp_path):
-    """The one subprocess run: `python -m jaxar.main` on the smoke config."""
+    """The one subprocess run: `python -m jaxar.cli.train` on the smoke config."""
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxar.main",
+    cmd = [sys.executable, "-m", "jaxar.cli.train",
            "--config", str(ROOT / "experiments" / "pixelcnn_pp_cifar10.py:smoke"),
            "--workdir", str(workdir)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)

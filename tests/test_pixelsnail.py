@@ -25,8 +25,9 @@ from weightnorm_checks import (
 )
 
 import jaxar
-from jaxar import data, train
+from jaxar import data
 from jaxar.models import common, pixelsnail
+from jaxar.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=4, num_blocks=1, num_resnets=1, key_features=4, value_features=4,
@@ -140,7 +141,7 @@ def test_config_errors(key, value, match):
 
 
 def test_smoke_config_trains_and_samples(tmp_path):
-    """What `python -m jaxar.main --config experiments/pixelsnail_cifar10.py:smoke` runs."""
+    """What `python -m jaxar.cli.train --config experiments/pixelsnail_cifar10.py:smoke` runs."""
     cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelsnail_cifar10.py:smoke"))
     state = jaxar.train_and_evaluate(cfg, tmp_path)
     assert int(state.step) == cfg.train.num_steps

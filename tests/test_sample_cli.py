@@ -1,4 +1,4 @@
-"""`python -m jaxar.sample`: samples and completions from a run's workdir, clear errors."""
+"""`python -m jaxar.cli.sample`: samples and completions from a run's workdir, clear errors."""
 
 import pathlib
 import runpy
@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 import jaxar
-from jaxar import train
+from jaxar.training import train
 
-# `jaxar.sample` is the sampling function; importing the CLI module `jaxar/sample.py` would
-# shadow it, so the tests load the module's namespace the way `python -m` does.
-sample_cli = type("SampleCli", (), runpy.run_module("jaxar.sample"))
+# The CLI module is loaded the way `python -m` runs it, with its namespace as a class;
+# the tests call its functions directly.
+sample_cli = type("SampleCli", (), runpy.run_module("jaxar.cli.sample"))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, extra, messa
 
 
 def test_module_entry_point_and_unwritable_out(run_dir, tmp_path):
-    cmd = [sys.executable, "-m", "jaxar.sample", "--workdir", str(run_dir), "--num", "2"]
+    cmd = [sys.executable, "-m", "jaxar.cli.sample", "--workdir", str(run_dir), "--num", "2"]
     ok = subprocess.run([*cmd, "--out", str(tmp_path / "s.png")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([*cmd, "--out", "/nonexistent/dir/s.png"], capture_output=True, text=True)

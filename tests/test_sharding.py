@@ -20,8 +20,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jaxar
-from jaxar import checkpoint, data, reporting, sharding, train
+from jaxar import data
 from jaxar.models import common
+from jaxar.training import checkpoint, reporting, sharding, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
@@ -106,7 +107,7 @@ def test_two_processes_train_like_one(tmp_path):
     (1 device each, gloo collectives): the same metrics and parameters."""
     port = portpicker.pick_unused_port()
     one, two = tmp_path / "one", tmp_path / "two"
-    cli = [sys.executable, "-m", "jaxar.main", "--config", SMOKE, "--workdir"]
+    cli = [sys.executable, "-m", "jaxar.cli.train", "--config", SMOKE, "--workdir"]
     commands = [[*cli, str(one)]] + [
         [*cli, str(two), f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
          f"--process_id={i}"] for i in range(2)
@@ -266,7 +267,7 @@ def test_cloud_tpu_vm_is_recognised_from_pci_ids(tmp_path):
 
 def test_cli_rejects_incomplete_multi_process_flags(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jaxar.main", "--config", SMOKE, "--workdir", str(tmp_path),
+        [sys.executable, "-m", "jaxar.cli.train", "--config", SMOKE, "--workdir", str(tmp_path),
          "--coordinator_address=127.0.0.1:1234", "--process_id=0"],
         capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path,
     )

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxar
-from jaxar import train
+from jaxar.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "made_mnist.py:smoke")
@@ -42,7 +42,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     train.train_and_evaluate(cfg, tmp_path / "reference")
 
     workdir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "jaxar.main", "--config", CONFIG, "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "jaxar.cli.train", "--config", CONFIG, "--workdir", str(workdir)]
     cmd += [f"--config.train.{k}={v}" for k, v in OVERRIDES.items()]
     rng = np.random.default_rng(0)
     kills = 0

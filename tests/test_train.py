@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import jaxar
-from jaxar import checkpoint, data, train
+from jaxar import data
+from jaxar.training import checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*_*.py"))
@@ -66,7 +67,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     for f in (run / "checkpoints" / "6" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"not a checkpoint")  # a disk fault or a partial copy
-    with caplog.at_level("WARNING", logger="jaxar.checkpoint"):
+    with caplog.at_level("WARNING", logger="jaxar.training.checkpoint"):
         resumed = train.train_and_evaluate(smoke(), run)
     assert "checkpoint at step 6 is unreadable" in caplog.text
     assert "falling back to the checkpoint at step 3" in caplog.text
@@ -128,7 +129,7 @@ def test_load_config_errors():
 
 def test_cli_trains_writes_files_and_resumes(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxar.main",
+    cmd = [sys.executable, "-m", "jaxar.cli.train",
            "--config", str(ROOT / "experiments" / "gated_pixelcnn_mnist.py:smoke"),
            "--workdir", str(workdir), "--config.train.num_steps=4"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)

@@ -17,9 +17,9 @@ from model_checks import (
 )
 
 import jaxar
-from jaxar import reporting
 from jaxar.models import transformer
 from jaxar.models.common import rng_context
+from jaxar.training import reporting
 
 TINY = dict(features=8, num_heads=2, num_layers=2)
 

@@ -17,9 +17,9 @@ from model_checks import (
 )
 
 import jaxar
-from jaxar import reporting
 from jaxar.models import wavenet
 from jaxar.models.common import rng_context
+from jaxar.training import reporting
 
 TINY = dict(residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
             num_stacks=1, layers_per_stack=3, cond_features=3)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import shifted_layers
+from jaxar.nn import shifted_layers
 
 
 def random_variables(model, seed=0, scale=0.5):

@@ -3,19 +3,19 @@
 `raster_sample` walks the dimensions exactly as `jaxar.sampling`'s naive sampler
 does (raster order, channel by channel, `sampling.draw` with the key of step t,
 `sampling.write` keeping known values), but each step computes only the current
-pixel through the layers' caches (`jaxar.cache`) instead of the whole image. A
+pixel through the layers' caches (`jaxar.nn.cache`) instead of the whole image. A
 pixel is recomputed once per channel, since channel-group masks make channel c's
 parameters depend on the channels before it.
 
 A model plugs in through a `Steps`: its caches and how to compute a pixel's
 parameters from them (and, optionally, what to do at the start of each row).
 `pixelwise_steps` serves models whose own `__call__` decodes a pixel when given
-the cache (every layer a `jaxar.cache` layer or pointwise: PixelCNN); models
+the cache (every layer a `jaxar.nn.cache` layer or pointwise: PixelCNN); models
 with another schedule (Gated PixelCNN's row-wise vertical stack,
 `gated_pixelcnn_cache.steps`) write their own. `sample(steps_fn, ...)` is then
 the model's `cached_sampler`. PixelCNN++ and PixelSNAIL, whose lower
 resolutions and attention follow their own schedule, have their own decoders
-(`pixelcnn_pp_cache`, `pixelsnail_cache`) on the same `jaxar.cache` layers.
+(`pixelcnn_pp_cache`, `pixelsnail_cache`) on the same `jaxar.nn.cache` layers.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import cache, sampling
+from jaxar import sampling
+from jaxar.nn import cache
 
 
 def check_raster(model) -> None:
@@ -95,7 +96,7 @@ def _sample(steps_fn, model, variables, key, labels, cond, temperature, known, k
 
 
 def pixelwise_steps(model, variables, labels, cond, x_BHWC) -> Steps:
-    """`Steps` for models whose `__call__` decodes one pixel under `jaxar.cache` (every
+    """`Steps` for models whose `__call__` decodes one pixel under `jaxar.nn.cache` (every
     layer a cache layer or pointwise, e.g. PixelCNN): the same `__call__` on the full
     image x computes the current pixel only."""
 

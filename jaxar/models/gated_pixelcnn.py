@@ -12,7 +12,7 @@ Spatial conditioning: `cond_shape = (h, w, d)` makes `cond` a float input
 `[B, h, w, d]`; `lowres_condition` builds one from the image itself (a
 down-sampled copy), which turns the model into p(image | low-resolution image).
 
-`conv_impl` picks how the stacks' convolutions run (`jaxar.fast_conv`);
+`conv_impl` picks how the stacks' convolutions run (`jaxar.nn.fast_conv`);
 `cached_sampler` (`jaxar.models.gated_pixelcnn_cache`) computes the vertical
 stack a row at a time and the horizontal stack a pixel at a time from caches.
 """
@@ -22,8 +22,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxar import distributions, fast_conv, layers
+from jaxar import distributions
 from jaxar.models import common, decoding
+from jaxar.nn import fast_conv, layers
 
 
 class GatedPixelCNN(nn.Module):

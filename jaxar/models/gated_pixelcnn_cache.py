@@ -4,7 +4,7 @@ The vertical stack at row r sees every pixel of rows <= r within its width, so
 it can only run once row r is complete; the horizontal stack at (i, j) uses it
 through a down-shift, i.e. at row i - 1. Hence, at the start of row i, `Decoder`
 computes the whole vertical stack for row i - 1 (each layer from its cache of
-the rows above, `jaxar.cache` with whole rows) and keeps its down-shift
+the rows above, `jaxar.nn.cache` with whole rows) and keeps its down-shift
 projections (`below`); then, for each pixel (and each channel of it), the
 horizontal stack from its caches of the columns to the left plus column j of
 `below`. Per sample that is H vertical-row passes and H * W * C horizontal-pixel
@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import cache, fast_conv, layers
 from jaxar.models import decoding
 from jaxar.models.gated_pixelcnn import GatedPixelCNN
+from jaxar.nn import cache, fast_conv, layers
 
 
 class Decoder(GatedPixelCNN):

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import distributions, layers
+from jaxar import distributions
 from jaxar.models import common
+from jaxar.nn import layers
 
 
 @functools.cache

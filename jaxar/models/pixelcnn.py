@@ -1,6 +1,6 @@
 """PixelCNN (van den Oord et al., 2016, "Pixel Recurrent Neural Networks").
 
-Two architectures share the masked convolutions of `jaxar.layers`:
+Two architectures share the masked convolutions of `jaxar.nn.layers`:
 
 * "residual" (the paper's): a mask-A 7x7 input convolution to 2h features,
   residual blocks 2h -> h (1x1) -> h (masked k x k, dilated) -> 2h (1x1), and
@@ -15,7 +15,7 @@ output at a pixel depends on pixels after it: the training loss is then not
 the loss of an autoregressive model (`tests/test_models.py` shows the leak).
 In eval mode it uses running averages and is causal.
 
-`conv_impl` picks how the masked convolutions run (`jaxar.fast_conv`);
+`conv_impl` picks how the masked convolutions run (`jaxar.nn.fast_conv`);
 `cached_sampler` decodes pixel by pixel through the layers' caches
 (`jaxar.models.decoding`): the same `__call__`, given the cache, computes the
 current pixel only.
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from jaxar import distributions, fast_conv, layers
+from jaxar import distributions
 from jaxar.models import common, decoding
+from jaxar.nn import fast_conv, layers
 
 
 class PixelCNN(nn.Module):

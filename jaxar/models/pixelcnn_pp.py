@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import distributions, fast_conv, layers
-from jaxar import shifted_layers as sl
+from jaxar import distributions
 from jaxar.models import common, pixelcnn_pp_cache
+from jaxar.nn import fast_conv, layers
+from jaxar.nn import shifted_layers as sl
 
 
 class PixelCNNPP(nn.Module):

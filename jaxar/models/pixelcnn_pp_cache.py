@@ -41,9 +41,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxar import layers, sampling
-from jaxar import shifted_layers as sl
+from jaxar import sampling
 from jaxar.models import decoding
+from jaxar.nn import layers
+from jaxar.nn import shifted_layers as sl
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -136,7 +137,7 @@ def layout(model):
 
 
 class Layers:
-    """The shifted layers of `jaxar.shifted_layers` run at one row or position from maps.
+    """The shifted layers of `jaxar.nn.shifted_layers` run at one row or position from maps.
 
     State: a dict of maps, one per convolution (its padded input, key: the layer's
     name), plus whatever the model's decoder keeps. With `build=True` every branch

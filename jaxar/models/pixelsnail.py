@@ -32,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import distributions, fast_conv, layers
-from jaxar import shifted_layers as sl
+from jaxar import distributions
 from jaxar.models import common, pixelcnn_pp_cache, pixelsnail_cache
 from jaxar.models.pixelcnn_pp import check_dropout_rate
+from jaxar.nn import fast_conv, layers
+from jaxar.nn import shifted_layers as sl
 
 ORDERINGS = ("raster", "zigzag", "custom")
 

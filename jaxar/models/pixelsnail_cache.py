@@ -24,9 +24,9 @@ import collections
 import jax
 import jax.numpy as jnp
 
-from jaxar import layers
 from jaxar.models import decoding, pixelcnn_pp_cache
 from jaxar.models.pixelcnn_pp_cache import _dense
+from jaxar.nn import layers
 
 
 def layout(model):

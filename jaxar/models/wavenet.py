@@ -27,8 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import distributions, layers, sampling
+from jaxar import distributions, sampling
 from jaxar.models import common
+from jaxar.nn import layers
 
 
 def shift_right(h_BLC: jax.Array, shift: int) -> jax.Array:

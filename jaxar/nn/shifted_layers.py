@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import fast_conv, layers
+from jaxar.nn import fast_conv, layers
 
 # Added to the init-batch variance: a feature that is constant on the init
 # batch keeps a finite scale.
@@ -96,7 +96,7 @@ class WNConv(nn.Module):
 
     `input_dilation=2` makes it a stride-2 transposed convolution (zeros
     between input pixels). What an output sees is set by the padding: see the
-    shifted wrappers below. `conv_impl` (`jaxar.fast_conv`) applies to stride-1
+    shifted wrappers below. `conv_impl` (`jaxar.nn.fast_conv`) applies to stride-1
     convolutions; strided and transposed ones always run as XLA's convolution.
     """
 

@@ -14,11 +14,11 @@ Sources (`cfg.data.source` / `cfg.data.name`):
 - "synthetic" / "random" | "stripes": generated from `cfg.seed`; sizes `data.num_train`
   (default 512) and `data.num_test` (default 128). "stripes" images are constant along
   rows or along columns, so even tiny models can learn them.
-- Audio (`jaxar.audio`): "synthetic" / "sinusoids" (random sums of sine tones) and
+- Audio (`jaxar.data.audio`): "synthetic" / "sinusoids" (random sums of sine tones) and
   "tfds" / "speech_commands" | "nsynth" | "nsynth/gansynth_subset" (prepared ArrayRecord
   read without tfds builders), cropped to `data.shape` = (length,), 8-bit mu-law codes.
 - "folder" (any name): every image under `data.path`, centre-cropped and resized to
-  `data.shape`, split by path hash, optional labels from sub-folders (`jaxar.image_folder`).
+  `data.shape`, split by path hash, optional labels from sub-folders (`jaxar.data.image_folder`).
 
 Every source declares how many levels its stored values have (256 for 8-bit images, 2 for
 binary data, `data.num_levels` for synthetic data); values are reduced to
@@ -43,7 +43,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxar import audio
+from jaxar.data import audio, image_folder
+from jaxar.data.sources import ArraySource
 
 SOURCES = ("embedded", "synthetic", "tfds", "folder")
 EMBEDDED_NAMES = ("mnist",)
@@ -62,28 +63,6 @@ _SYNTHETIC_SIZES = {"train": 512, "test": 128}
 # permutations, which use (seed, epoch). Non-zero on purpose: numpy treats trailing zero
 # entropy words as absent, so (seed, 0) and (seed,) are the same stream.
 _SYNTHETIC_STREAM = 0x5EED
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySource:
-    """An in-memory source: images [n, *shape] with values in [0, levels), labels [n]."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-    levels: int
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The native event shape."""
-        return tuple(self.images.shape[1:])
-
-    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Returns dict(image=[n, *shape], label=int32 [n]) for the given rows."""
-        return {"image": self.images[indices], "label": self.labels[indices].astype(np.int32)}
 
 
 class TfdsSource:
@@ -379,8 +358,6 @@ def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
     if data.source == "synthetic":
         return _synthetic(data, split, cfg.seed)
     if data.source == "folder":
-        from jaxar import image_folder  # imports this module
-
         return image_folder.folder_source(data, split)
     if data.name in audio.TFDS_NAMES:
         return audio.TfdsAudioSource(

@@ -28,7 +28,7 @@ transpose into a contraction over the matmul's leading axis, which XLA:CPU runs 
 generic kernel at half the speed of its matmul kernels.
 
 `conv_impl` ("auto" | "plain" | "im2col" | "split") selects the implementation for
-the layers in `jaxar.layers` and the stride-1 convolutions of `jaxar.shifted_layers`;
+the layers in `jaxar.nn.layers` and the stride-1 convolutions of `jaxar.nn.shifted_layers`;
 "plain" is the dense masked `lax.conv_general_dilated`. "split" (raster-masked
 convolutions only; other layers given it follow "auto") runs XLA's convolution on the
 two dense parts of the mask, forward and gradients. "auto" is "im2col" on CPU and

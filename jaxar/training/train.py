@@ -1,6 +1,6 @@
 """Training: the train state, one pure train step, evaluation and the loop.
 
-`train_step` is jitted once over a (data, fsdp) device mesh (`jaxar.sharding`):
+`train_step` is jitted once over a (data, fsdp) device mesh (`jaxar.training.sharding`):
 the global batch is split over every device of every process, the state is
 replicated (or FSDP-sharded) and donated. The loss is the mean negative
 log-likelihood in bits per dimension; the Polyak average of the parameters
@@ -28,10 +28,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar import checkpoint, data, precision, reporting, sampling, sharding
+from jaxar import data, sampling
 from jaxar import models as models_lib
 from jaxar.models import made
 from jaxar.models.common import rng_context
+from jaxar.training import checkpoint, precision, reporting, sharding
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ def _check_finite(step: int, metrics: dict) -> dict[str, float]:
 
 
 class BadInput(ValueError):
-    """A config, dataset or workdir that cannot be trained: what `python -m jaxar.main`
+    """A config, dataset or workdir that cannot be trained: what `python -m jaxar.cli.train`
     reports in one line with exit code 2 (other errors keep their tracebacks)."""
 
 

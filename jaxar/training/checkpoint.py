@@ -33,6 +33,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jaxar import models
+
 log = logging.getLogger(__name__)
 
 
@@ -179,7 +181,6 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None):
     Reads the config saved in the workdir and the EMA parameters (plus BatchNorm
     statistics, if any) of checkpoint `step` (the latest when None).
     """
-    from jaxar import models  # noqa: PLC0415 (models import this module's users)
 
     workdir = pathlib.Path(workdir)
     config_file = workdir / "config.json"

@@ -1,15 +1,15 @@
 """Command line sampler for a training run (EMA params and the config saved in its workdir).
 
-  python -m jaxar.sample --workdir runs/pixelcnn_mnist --num 64 --out grid.png
-  python -m jaxar.sample --workdir runs/gated_class --labels 0,1,2 --temperature 0.9 --out c.png
-  python -m jaxar.sample --workdir runs/pixelcnn_mnist --complete 3 --keep rows:14 --out done.png
+  jaxar-sample --workdir runs/pixelcnn_mnist --num 64 --out grid.png
+  jaxar-sample --workdir runs/gated_class --labels 0,1,2 --temperature 0.9 --out c.png
+  jaxar-sample --workdir runs/pixelcnn_mnist --complete 3 --keep rows:14 --out done.png
 
 `--complete` takes a PNG (resized to the model's image size) or an index into the run's
 test split; `--keep rows:N` / `cols:N` keeps the top rows / left columns, `--keep mask.png`
 keeps the pixels that are white in the mask. The completion grid shows the original, the
 occluded input (unknown pixels grey) and `--num` completions, one row per original.
 
-Run as `python -m jaxar.sample`; in Python use `jaxar.sample(...)` (the function).
+Run as `python -m jaxar.cli.sample`; in Python use `jaxar.sample(...)` (the function).
 Bad input ends with one line on stderr and exit code 2.
 """
 
@@ -24,11 +24,12 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxar import checkpoint, data, reporting, sampling
+from jaxar import data, sampling
+from jaxar.training import checkpoint, reporting
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxar.sample", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="jaxar-sample", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="training run directory")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=int, default=16, help="samples (or completions per image)")

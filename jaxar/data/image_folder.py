@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jaxar.data import ArraySource
+from jaxar.data.sources import ArraySource
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_TEST_FRACTION = 0.1

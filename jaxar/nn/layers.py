@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import cache, fast_conv
+from jaxar.nn import cache, fast_conv
 
 Dtype = jnp.dtype
 
@@ -74,10 +74,10 @@ class MaskedConv2D(nn.Module):
     (i, j') with j' > j; at pixel (i, j) itself, input groups > o (type B) or
     >= o (type A). With one group, type A excludes the whole centre pixel.
 
-    `conv_impl` (`jaxar.fast_conv`): "plain" multiplies a dense kernel by the
+    `conv_impl` (`jaxar.nn.fast_conv`): "plain" multiplies a dense kernel by the
     mask; "im2col" and "split" never compute the masked taps; "auto" picks per
     backend.
-    Decodes one pixel at a time under `jaxar.cache`.
+    Decodes one pixel at a time under `jaxar.nn.cache`.
     """
 
     features: int
@@ -164,7 +164,7 @@ class VerticalStackConv(nn.Module):
     Implemented by padding k//2 rows on top and cropping, not by masking.
     Output (i, j) can NOT see any row below i (it does see all of row i within
     the kernel width, which is why it reaches the horizontal stack only through
-    `down_shift`). Decodes a whole row at a time under `jaxar.cache`.
+    `down_shift`). Decodes a whole row at a time under `jaxar.nn.cache`.
     """
 
     features: int
@@ -193,7 +193,7 @@ class HorizontalStackConv(nn.Module):
     shift) and kept for "B"; with several groups it is masked per group as in
     `MaskedConv2D`. Output (i, j, group o) can NOT see other rows, columns
     > j, or current-pixel groups > o (B) / >= o (A). Decodes one pixel at a
-    time under `jaxar.cache`.
+    time under `jaxar.nn.cache`.
     """
 
     features: int

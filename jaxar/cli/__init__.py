@@ -1,0 +1,1 @@
+"""Command-line entry points: `jaxar-train` (`cli.train`) and `jaxar-sample` (`cli.sample`)."""

@@ -1,0 +1,87 @@
+"""Command line: flags only, then `train_and_evaluate`.
+
+  python -m jaxar.cli.train --config experiments/pixelcnn_mnist.py[:variant] --workdir runs/x \
+      [--config.train.num_steps=2000 ...]
+
+Re-running the same command resumes from the workdir's latest checkpoint.
+
+Several processes (hosts) train together when started with the same command:
+on a Cloud TPU VM and in a multi-task SLURM step this is detected
+(`--distributed=auto`); elsewhere give every process `--coordinator_address`
+(host:port of process 0), `--num_processes` and its `--process_id`. The
+workdir must then be one directory all processes share.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxar.training import sharding, train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config: path/to/file.py[:variant].", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Multi-process start-up: 'auto' calls jax.distributed.initialize() on a Cloud TPU VM or "
+    "in a SLURM step of several tasks; 'on' always (JAX reads the cluster from the "
+    "environment); 'off' never. Ignored when --coordinator_address is given.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for an explicit multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (explicit).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message) -> None:
+    """Bad input: one line on stderr and exit code 2 (as argparse does), no traceback."""
+    print(f"jaxar.cli.train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl flag parsing, which also loads the config file and applies its overrides."""
+    try:
+        argv = flags.FLAGS(argv)
+    except flags.Error as err:  # its message may embed the config file's traceback
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        _fail(lines[0] if len(lines) < 3 else f"{lines[0]} {lines[-1]}")
+    except (KeyError, AttributeError) as err:  # an override of a key the config lacks
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        _fail(f"no such config key {err} among the overrides {overrides}")
+    try:  # ml_collections reports a config file it could not load on first access
+        _CONFIG.value.get("model")
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        while err.__cause__ is not None:
+            err = err.__cause__
+        _fail("--config: " + " ".join(str(err).split()))
+    return argv
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
+    try:  # first, before anything starts a JAX backend
+        sharding.initialize_distributed(
+            _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
+    except ValueError as err:
+        _fail(err)
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.BadInput as err:  # a bad config value, dataset or workdir, named in it
+        _fail(err)
+
+
+def run() -> None:
+    """The `jaxar-train` console script."""
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Layers: masked and shifted convolutions, fast convolution paths, decoding caches."""

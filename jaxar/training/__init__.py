@@ -1,0 +1,1 @@
+"""Training: the train state and steps, checkpoints, sharding, precision, reporting."""
