@@ -46,13 +46,8 @@ def build_model(cfg):
 
 
 def default_cond(model, x):
-    """The conditioning input a model trains on: a low-resolution copy of x, or None."""
-    cond_shape = getattr(model, "cond_shape", None)
-    if not cond_shape:
-        return None
-    if len(model.event_shape) == 1:  # sequences: local features at a lower rate
-        return wavenet.lowres_condition(x, model.num_levels, cond_shape)
-    return gated_pixelcnn.lowres_condition(x, model.num_levels, cond_shape)
+    """The conditioning input a model trains on, derived from x (`Model.derive_cond`)."""
+    return model.derive_cond(x)
 
 
 def init_variables(model, cfg, key, x=None, labels=None, cond=None):

@@ -1,10 +1,6 @@
-"""What every model family shares: input checks, encoding, conditioning, orderings.
+"""Input checks of the public API, and where random numbers are drawn.
 
-A jaxar model is a `flax.linen.Module` with the attributes `event_shape`,
-`num_levels`, `num_classes`, a `likelihood` (from `jaxar.distributions`) and an
-`ordering()` method, and whose `__call__(x, labels=None, cond=None,
-train=False)` returns distribution parameters `[B, *group_shape, F]`: for the
-per-dimension likelihoods `group_shape == event_shape`.
+The model protocol these checks rely on is `jaxar.models.base`.
 """
 
 from __future__ import annotations
@@ -13,11 +9,6 @@ import contextlib
 
 import jax
 import numpy as np
-
-
-def raster_ordering(event_shape: tuple[int, ...]) -> np.ndarray:
-    """Generation step of every dimension in raster (row-major) order."""
-    return np.arange(int(np.prod(event_shape))).reshape(event_shape)
 
 
 def rng_context():
@@ -81,7 +72,7 @@ def check_labels(model, labels, batch: int | None) -> None:
 
 def check_cond(model, cond, batch: int | None) -> None:
     """Raises ValueError unless `cond` matches the model's spatial conditioning map."""
-    cond_shape = tuple(getattr(model, "cond_shape", None) or ())
+    cond_shape = tuple(model.cond_shape or ())
     if not cond_shape:
         if cond is not None:
             raise ValueError("cond must be None: this model has no spatial conditioning")

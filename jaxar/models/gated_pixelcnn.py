@@ -23,11 +23,11 @@ import flax.linen as nn
 import jax
 
 from jaxar import distributions
-from jaxar.models import common, decoding
+from jaxar.models import base, common
 from jaxar.nn import fast_conv, layers
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(base.Model):
     event_shape: tuple[int, int, int]
     num_levels: int
     likelihood_name: str = "categorical"
@@ -44,9 +44,6 @@ class GatedPixelCNN(nn.Module):
     @property
     def likelihood(self):
         return distributions.make_likelihood(self.likelihood_name, self.num_levels)
-
-    def ordering(self):
-        return common.raster_ordering(self.event_shape)
 
     @property
     def num_groups(self) -> int:
@@ -94,14 +91,18 @@ class GatedPixelCNN(nn.Module):
         return out.reshape(batch, height, width, channels, num_params)
 
     @nn.nowrap
-    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
-        """Samples `[B, H, W, C]`: vertical stack once per row, horizontal stack per pixel."""
+    def derive_cond(self, x):
+        """The low-resolution copy of x (`lowres_condition`) if `cond_shape`, else None."""
+        if not self.cond_shape:
+            return None
+        return lowres_condition(x, self.num_levels, self.cond_shape)
+
+    @nn.nowrap
+    def decoder(self, variables, labels, cond, batch):
+        """Vertical stack once per row, horizontal stack per pixel."""
         from jaxar.models import gated_pixelcnn_cache  # it subclasses this model
 
-        return decoding.sample(
-            gated_pixelcnn_cache.steps, self, variables, key, labels, cond, temperature, known,
-            known_mask,
-        )
+        return gated_pixelcnn_cache.decoder(self, variables, labels, cond, batch)
 
     def _upsample_cond(self, cond, height, width):
         if not self.cond_shape:

@@ -99,12 +99,12 @@ class Decoder(GatedPixelCNN):
         )
 
 
-def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
-    """`decoding.Steps` of a `GatedPixelCNN`: its cached sampler's per-row and per-pixel work."""
+def decoder(model, variables, labels, cond, batch):
+    """The `base.Decoder` of a `GatedPixelCNN`: vertical rows per row, horizontal pixels."""
+    x_BHWC = jnp.zeros((batch, *model.event_shape), jnp.int32)
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(GatedPixelCNN)
               if f.name not in ("parent", "name")}
     decoder = Decoder(**fields)
-    batch = x_BHWC.shape[0]
     cond_map = decoder.apply(variables, None, None, cond, "cond") if model.cond_shape else None
 
     def start_row(state, x_BHWC, i):
@@ -137,4 +137,4 @@ def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
         lambda s: jnp.zeros(s.shape, s.dtype),
         jax.eval_shape(lambda c: start_row((c, None), x_BHWC, 0)[1], caches),
     )
-    return decoding.Steps((caches, below), pixel_params, start_row)
+    return decoding.pixel_decoder(model, (caches, below), pixel_params, start_row)

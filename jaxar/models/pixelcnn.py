@@ -16,7 +16,7 @@ the loss of an autoregressive model (`tests/test_models.py` shows the leak).
 In eval mode it uses running averages and is causal.
 
 `conv_impl` picks how the masked convolutions run (`jaxar.nn.fast_conv`);
-`cached_sampler` decodes pixel by pixel through the layers' caches
+`decoder` decodes pixel by pixel through the layers' caches
 (`jaxar.models.decoding`): the same `__call__`, given the cache, computes the
 current pixel only.
 """
@@ -26,11 +26,11 @@ from __future__ import annotations
 import flax.linen as nn
 
 from jaxar import distributions
-from jaxar.models import common, decoding
+from jaxar.models import base, common, decoding
 from jaxar.nn import fast_conv, layers
 
 
-class PixelCNN(nn.Module):
+class PixelCNN(base.Model):
     event_shape: tuple[int, int, int]
     num_levels: int
     likelihood_name: str = "categorical"
@@ -48,9 +48,6 @@ class PixelCNN(nn.Module):
     @property
     def likelihood(self):
         return distributions.make_likelihood(self.likelihood_name, self.num_levels)
-
-    def ordering(self):
-        return common.raster_ordering(self.event_shape)
 
     def _conv(self, features, kernel, mask_type="B", dilation=1, out_blocks=1):
         return layers.MaskedConv2D(
@@ -93,12 +90,9 @@ class PixelCNN(nn.Module):
         return out.reshape(*out.shape[:3], channels, num_params)
 
     @nn.nowrap
-    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
-        """Samples `[B, H, W, C]` computing one pixel per step from per-layer caches."""
-        return decoding.sample(
-            decoding.pixelwise_steps, self, variables, key, labels, cond, temperature, known,
-            known_mask,
-        )
+    def decoder(self, variables, labels, cond, batch):
+        """One pixel per call from per-layer caches: this `__call__` under `jaxar.nn.cache`."""
+        return decoding.cache_decoder(self, variables, labels, cond, batch)
 
     def _residual_block(self, h, label_BK, dilation, train):
         y = self._conv(self.features, 1)(nn.relu(self._norm(h, train)))

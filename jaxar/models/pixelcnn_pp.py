@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxar import distributions
-from jaxar.models import common, pixelcnn_pp_cache
+from jaxar.models import base, common, pixelcnn_pp_cache
 from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
 
 
-class PixelCNNPP(nn.Module):
+class PixelCNNPP(base.Model):
     event_shape: tuple[int, int, int]
     num_levels: int
     features: int = 160
@@ -40,9 +40,6 @@ class PixelCNNPP(nn.Module):
         return distributions.make_likelihood(
             "dmol", self.num_levels, self.num_mixtures, self.event_shape[-1]
         )
-
-    def ordering(self):
-        return common.raster_ordering(self.event_shape)
 
     @nn.compact
     def __call__(self, x, labels=None, cond=None, train: bool = False):
@@ -76,12 +73,10 @@ class PixelCNNPP(nn.Module):
         return sl.WNDense(self.likelihood.num_params())(jax.nn.elu(ul))
 
     @nn.nowrap
-    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
-        """Samples `[B, H, W, C]` computing each activation once, when its position is
-        reached (`jaxar.models.pixelcnn_pp_cache`): u rows per image row, ul per pixel."""
-        steps = pixelcnn_pp_cache.steps
-        args = (variables, key, labels, cond, temperature, known, known_mask)
-        return pixelcnn_pp_cache.sample(steps, self, *args)
+    def decoder(self, variables, labels, cond, batch):
+        """Each activation computed once, when its position is reached
+        (`jaxar.models.pixelcnn_pp_cache`): u rows per image row, ul per pixel."""
+        return pixelcnn_pp_cache.decoder(self, variables, labels, cond, batch)
 
 
 def from_config(model_cfg, shape, num_levels) -> PixelCNNPP:

@@ -34,14 +34,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxar import sampling
 from jaxar.models import decoding
 from jaxar.nn import layers
 from jaxar.nn import shifted_layers as sl
@@ -365,11 +361,12 @@ def image_map(model, x_BHWC):
     return jnp.pad(x_pad, ((0, 0), (IMAGE.top, 0), (IMAGE.left, IMAGE.right), (0, 0)))
 
 
-def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
-    """`decoding.Steps` of a `PixelCNNPP` whose `pixel_params` sees every channel of the
-    pixel's predecessors (call it once per pixel: its output does not see the pixel)."""
+def decoder(model, variables, labels, cond, batch):
+    """The `base.Decoder` of a `PixelCNNPP`: one call per pixel (its output does not see
+    the pixel), u rows at the start of each row."""
     del cond
-    params, batch = variables["params"], x_BHWC.shape[0]
+    params = variables["params"]
+    x_BHWC = jnp.zeros((batch, *model.event_shape), jnp.int32)
 
     def start_row(state, x_BHWC, i):
         decoder = Decoder(model, params, labels, batch)
@@ -386,63 +383,4 @@ def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
         return decoder.pixel(state, x_pad, 0, 0)[1]
 
     state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(build))
-    return decoding.Steps(state, pixel_params, start_row)
-
-
-def pixelwise_sample(model, key, temperature, known, known_mask, steps: decoding.Steps):
-    """Samples `[B, H, W, C]` in raster order with one `pixel_params` call per pixel.
-
-    Draws exactly as `jaxar.sampling`'s naive sampler (`sampling.draw` with the key of
-    step t, `sampling.write` keeping known values), for a likelihood whose parameters
-    cover the pixel's channels (one group) and a network output that does not see the
-    pixel itself.
-    """
-    batch, height, width, channels = known.shape
-    known_flat = known.reshape(batch, -1)
-    mask_flat = known_mask.reshape(batch, -1)
-
-    def pixel(i, j, carry):
-        x_flat, state = carry
-        params, state = steps.pixel_params(state, x_flat.reshape(known.shape), i, j)
-        params_BF = params.reshape(batch, params.shape[-1])
-
-        def channel(c, x_flat):
-            dim = (i * width + j) * channels + c  # raster: the step is the dimension
-            value = sampling.draw(model, key, dim, params_BF, x_flat, dim, temperature)
-            return sampling.write(x_flat, dim, value, known_flat, mask_flat)
-
-        return jax.lax.fori_loop(0, channels, channel, x_flat), state
-
-    def row(i, carry):
-        if steps.start_row is not None:
-            x_flat, state = carry
-            carry = x_flat, steps.start_row(state, x_flat.reshape(known.shape), i)
-        return jax.lax.fori_loop(0, width, functools.partial(pixel, i), carry)
-
-    x0 = jnp.where(mask_flat, known_flat, 0)
-    x_flat, _ = jax.lax.fori_loop(0, height, row, (x0, steps.state))
-    return x_flat.reshape(known.shape)
-
-
-def sample(
-    steps_fn: Callable[..., decoding.Steps],
-    model,
-    variables: Any,
-    key,
-    labels,
-    cond,
-    temperature,
-    known,
-    known_mask,
-):
-    """A `cached_sampler` from a per-pixel `Steps` builder (raster ordering only)."""
-    decoding.check_raster(model)
-    if not model.likelihood.groups_channels:
-        raise ValueError("pixelwise_sample needs a likelihood over the pixel's channels")
-    return _sample(steps_fn, model, variables, key, labels, cond, temperature, known, known_mask)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _sample(steps_fn, model, variables, key, labels, cond, temperature, known, known_mask):
-    steps_ = steps_fn(model, variables, labels, cond, known)
-    return pixelwise_sample(model, key, temperature, known, known_mask, steps_)
+    return decoding.pixel_decoder(model, state, pixel_params, start_row, per_pixel=True)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import common, pixelcnn_pp_cache, pixelsnail_cache
+from jaxar.models import base, common, pixelsnail_cache
 from jaxar.models.pixelcnn_pp import check_dropout_rate
 from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
@@ -106,13 +106,7 @@ def causal_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW: np.ndarray, num_heads: in
     return out_BNHD.reshape(batch, height, width, -1)
 
 
-class _unwrapped_property(property):  # noqa: N801 (used as a decorator, like property)
-    """A property that flax does not wrap, so its AttributeError reaches `hasattr`."""
-
-    nowrap = True
-
-
-class PixelSNAIL(nn.Module):
+class PixelSNAIL(base.Model):
     event_shape: tuple[int, int, int]
     num_levels: int
     features: int = 256
@@ -151,7 +145,7 @@ class PixelSNAIL(nn.Module):
         label_BK = layers.one_hot_labels(labels, self.num_classes)
         x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
         background = _background(x.shape)
-        if np.array_equal(steps, common.raster_ordering(steps.shape)):
+        if np.array_equal(steps, base.raster_ordering(steps.shape)):
             ul, conv = sl.up_left_stream(x_pad, self.features, self.conv_impl), "down_right"
         else:
             ul, conv = sl.WNDense(self.features)(shift_in_order(x_pad, steps)), "nin"
@@ -170,18 +164,10 @@ class PixelSNAIL(nn.Module):
             ul = resnet("nin")(ul, attended, label_BK, train)
         return sl.WNDense(self.likelihood.num_params())(jax.nn.elu(ul))
 
-    @_unwrapped_property
-    def cached_sampler(self):
-        """Cached sampling (`jaxar.models.pixelsnail_cache`), raster ordering only.
-
-        With any other ordering the attribute is absent (AttributeError), so
-        `jaxar.sample` refuses method="cached" and method="auto" samples naively.
-        """
-        if not np.array_equal(self.pixel_steps(), common.raster_ordering(self.event_shape[:2])):
-            raise AttributeError(
-                f"cached sampling needs raster ordering, not {self.ordering_name!r}"
-            )
-        return functools.partial(pixelcnn_pp_cache.sample, pixelsnail_cache.steps, self)
+    @nn.nowrap
+    def decoder(self, variables, labels, cond, batch):
+        """Cached decoding (`jaxar.models.pixelsnail_cache`), raster ordering only (for now)."""
+        return pixelsnail_cache.decoder(self, variables, labels, cond, batch)
 
 
 def _background(shape) -> jax.Array:

@@ -118,10 +118,11 @@ def _background(height, width):
     return full((1, height, width, 1))[0].reshape(height * width, 2)
 
 
-def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
-    """`decoding.Steps` of a raster `PixelSNAIL`, one `pixel_params` call per pixel."""
+def decoder(model, variables, labels, cond, batch):
+    """The `base.Decoder` of a raster `PixelSNAIL`, one call per pixel."""
     del cond
-    params, batch = variables["params"], x_BHWC.shape[0]
+    params = variables["params"]
+    x_BHWC = jnp.zeros((batch, *model.event_shape), jnp.int32)
 
     def pixel_params(state, x_BHWC, i, j):
         decoder = Decoder(model, params, labels, batch)
@@ -133,4 +134,4 @@ def steps(model, variables, labels, cond, x_BHWC) -> decoding.Steps:
         return decoder.pixel({}, x_BHWC, x_pad, 0, 0)[1]
 
     state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(build))
-    return decoding.Steps(state, pixel_params)
+    return decoding.pixel_decoder(model, state, pixel_params, per_pixel=True)

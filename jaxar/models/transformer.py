@@ -15,7 +15,7 @@ per-axis encodings of (row, column, channel). Blocks are pre-LayerNorm:
 
 Generation keeps every layer's keys and values (a KV cache): each step runs
 one token through the blocks and attends over the cached steps,
-`cached_sampler`.
+`decoder`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import distributions, sampling
-from jaxar.models import common
+from jaxar import distributions
+from jaxar.models import base, common
 
 ORDERINGS = ("raster", "zigzag", "random")
 _MASKED = -1e30  # logit of attention weights that must be exactly zero
@@ -46,7 +46,7 @@ def make_ordering(name: str, event_shape: tuple[int, ...], seed: int = 0) -> np.
     """
     size = int(np.prod(event_shape))
     if name == "raster":
-        steps = common.raster_ordering(event_shape)
+        steps = base.raster_ordering(event_shape)
     elif name == "random":
         steps = np.random.default_rng(seed).permutation(size).reshape(event_shape)
     elif name == "zigzag":
@@ -182,7 +182,7 @@ class Block(nn.Module):
         return h_BD + self._mlp(h_BD), cache
 
 
-class Transformer(nn.Module):
+class Transformer(base.Model):
     """Decoder-only Transformer over images `[H, W, C]` or sequences `[L]`, in any ordering."""
 
     event_shape: tuple[int, ...]
@@ -223,7 +223,7 @@ class Transformer(nn.Module):
     def position_tables(self):
         """Per step t: encodings of the dimension to predict (order[t]) and of the
         dimension its input token comes from (order[t-1]; row 0 is unused), `[T, d]` each."""
-        order_T = sampling.generation_order(self)
+        order_T = base.generation_order(self)
         target_TD = self.target_pos()[order_T]
         source_TD = jnp.roll(self.source_pos()[order_T], 1, axis=0)
         return target_TD, source_TD
@@ -238,7 +238,7 @@ class Transformer(nn.Module):
         """Likelihood parameters `[B, *event_shape, F]`."""
         del cond
         batch = x.shape[0]
-        order_T = sampling.generation_order(self)
+        order_T = base.generation_order(self)
         x_BT = x.reshape(batch, -1)[:, order_T]  # the value generated at each step
         target_TD, source_TD = self.position_tables()
         prev_BTD = self.token_embed(x_BT[:, :-1]) + source_TD[1:]
@@ -270,33 +270,20 @@ class Transformer(nn.Module):
         return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(self.num_layers)]
 
     @nn.nowrap
-    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
-        """Samples one dimension per step with the KV cache (one token through the blocks)."""
-        return _cached_sample(self, variables, key, labels, cond, temperature, known, known_mask)
+    def decoder(self, variables, labels, cond, batch):
+        """One dimension per call with the key/value caches (one token through the blocks)."""
+        del cond
+        order_T = jnp.asarray(base.generation_order(self))
+        tables = self.apply(variables, method=Transformer.position_tables)
 
+        def step(caches, x_flat_BD, t):
+            prev_dim = order_T[jnp.maximum(t - 1, 0)]
+            x_prev_B = jax.lax.dynamic_index_in_dim(x_flat_BD, prev_dim, axis=1, keepdims=False)
+            return self.apply(
+                variables, x_prev_B, t, caches, tables, labels, method=Transformer.step
+            )
 
-@functools.partial(jax.jit, static_argnums=0)
-def _cached_sample(model, variables, key, labels, cond, temperature, known, known_mask):
-    del cond
-    batch = known.shape[0]
-    order_T = jnp.asarray(sampling.generation_order(model))
-    known_flat_BD, mask_flat_BD = known.reshape(batch, -1), known_mask.reshape(batch, -1)
-    tables = model.apply(variables, method=Transformer.position_tables)
-
-    def step(t, carry):
-        x_flat_BD, caches = carry
-        prev_dim = order_T[jnp.maximum(t - 1, 0)]
-        x_prev_B = jax.lax.dynamic_index_in_dim(x_flat_BD, prev_dim, axis=1, keepdims=False)
-        params_BF, caches = model.apply(
-            variables, x_prev_B, t, caches, tables, labels, method=Transformer.step
-        )
-        dim = order_T[t]
-        value_B = sampling.draw(model, key, t, params_BF, x_flat_BD, dim, temperature)
-        return sampling.write(x_flat_BD, dim, value_B, known_flat_BD, mask_flat_BD), caches
-
-    carry = (jnp.where(mask_flat_BD, known_flat_BD, 0), model.init_caches(batch))
-    x_flat_BD, _ = jax.lax.fori_loop(0, order_T.shape[0], step, carry)
-    return x_flat_BD.reshape(known.shape)
+        return base.Decoder(self.init_caches(batch), step)
 
 
 def from_config(model_cfg, shape, num_levels) -> Transformer:

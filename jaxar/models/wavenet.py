@@ -16,19 +16,17 @@ itself (means over windows), which is what training uses by default.
 Generation (Paine et al., 2016, "Fast Wavenet Generation Algorithm"): every
 causal convolution keeps a queue (ring buffer) of its last `dilation` inputs,
 so a new sample costs one pass through the layers, O(layers), instead of a
-pass over the whole receptive field: `cached_sampler`.
+pass over the whole receptive field: `decoder`.
 """
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar import distributions, sampling
-from jaxar.models import common
+from jaxar import distributions
+from jaxar.models import base, common
 from jaxar.nn import layers
 
 
@@ -97,7 +95,7 @@ class ResidualBlock(nn.Module):
         return h + self.residual(z), self.skip(z)
 
 
-class WaveNet(nn.Module):
+class WaveNet(base.Model):
     """WaveNet over sequences `[L]`; see the module docstring. Raster order only."""
 
     event_shape: tuple[int]
@@ -120,9 +118,6 @@ class WaveNet(nn.Module):
     def receptive_field(self) -> int:
         """How many past samples position t sees: x_{t-1} back to x_{t-receptive_field}."""
         return 2 + sum(self.dilations)
-
-    def ordering(self):
-        return common.raster_ordering(self.event_shape)
 
     def setup(self):
         self.embed = nn.Embed(self.num_levels, self.residual_channels)
@@ -187,9 +182,25 @@ class WaveNet(nn.Module):
         ]
 
     @nn.nowrap
-    def cached_sampler(self, variables, key, labels, cond, temperature, known, known_mask):
-        """Samples `[B, L]` one position per step with the queues: O(layers) per sample."""
-        return _cached_sample(self, variables, key, labels, cond, temperature, known, known_mask)
+    def derive_cond(self, x):
+        """Local features from the sequence itself (`lowres_condition`), if `cond_shape`."""
+        if not self.cond_shape:
+            return None
+        return lowres_condition(x, self.num_levels, self.cond_shape)
+
+    @nn.nowrap
+    def decoder(self, variables, labels, cond, batch):
+        """One position per call from the queues (`step`): O(layers) per sample."""
+        cond_BLD = self.apply(variables, cond, method=WaveNet.upsample_cond)
+
+        def step(queues, x_BL, t):
+            x_prev_B = jax.lax.dynamic_index_in_dim(x_BL, jnp.maximum(t - 1, 0), 1, keepdims=False)
+            cond_BD = None
+            if cond_BLD is not None:
+                cond_BD = jax.lax.dynamic_index_in_dim(cond_BLD, t, 1, keepdims=False)
+            return self.apply(variables, x_prev_B, t, queues, labels, cond_BD, method=WaveNet.step)
+
+        return base.Decoder(self.init_queues(batch), step)
 
 
 def _pop_push(queue_BDC, h_BC, t):
@@ -197,28 +208,6 @@ def _pop_push(queue_BDC, h_BC, t):
     slot = t % queue_BDC.shape[1]
     past_BC = jax.lax.dynamic_index_in_dim(queue_BDC, slot, axis=1, keepdims=False)
     return past_BC, jax.lax.dynamic_update_index_in_dim(queue_BDC, h_BC, slot, axis=1)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _cached_sample(model, variables, key, labels, cond, temperature, known_BL, known_mask_BL):
-    batch, length = known_BL.shape
-    cond_BLD = model.apply(variables, cond, method=WaveNet.upsample_cond)
-
-    def step(t, carry):
-        x_BL, queues = carry
-        x_prev_B = jax.lax.dynamic_index_in_dim(x_BL, jnp.maximum(t - 1, 0), 1, keepdims=False)
-        cond_BD = None
-        if cond_BLD is not None:
-            cond_BD = jax.lax.dynamic_index_in_dim(cond_BLD, t, 1, keepdims=False)
-        params_BF, queues = model.apply(
-            variables, x_prev_B, t, queues, labels, cond_BD, method=WaveNet.step
-        )
-        value_B = sampling.draw(model, key, t, params_BF, x_BL, t, temperature)
-        return sampling.write(x_BL, t, value_B, known_BL, known_mask_BL), queues
-
-    x0_BL = jnp.where(known_mask_BL, known_BL, 0)
-    x_BL, _ = jax.lax.fori_loop(0, length, step, (x0_BL, model.init_queues(batch)))
-    return x_BL
 
 
 def lowres_condition(x_BL: jax.Array, num_levels: int, cond_shape) -> jax.Array:

@@ -147,6 +147,18 @@ class MaskedDense(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return x_BI @ (kernel * mask_IO) + bias
 
+    def add_input_row(self, y_BO, delta_B, i, mask_IO):
+        """`y` plus the change of the output when input unit i changes by `delta`."""
+        row_O = self.get_variable("params", "kernel")[i] * jnp.asarray(mask_IO)[i]
+        return y_BO + delta_B[:, None] * row_O
+
+    def output_columns(self, x_BI, start, size, mask_IO):
+        """Output units `start .. start + size - 1` only, `[B, size]`."""
+        kernel = jax.lax.dynamic_slice_in_dim(self.get_variable("params", "kernel"), start, size, 1)
+        mask = jax.lax.dynamic_slice_in_dim(jnp.asarray(mask_IO), start, size, 1)
+        bias = jax.lax.dynamic_slice_in_dim(self.get_variable("params", "bias"), start, size)
+        return x_BI @ (kernel * mask) + bias
+
 
 def down_shift(x_BHWC: jax.Array) -> jax.Array:
     """Moves every row one down (row 0 becomes zeros): row i then sees only rows < i."""

@@ -30,7 +30,6 @@ from jax.sharding import PartitionSpec as P
 
 from jaxar import data, sampling
 from jaxar import models as models_lib
-from jaxar.models import made
 from jaxar.models.common import rng_context
 from jaxar.training import checkpoint, precision, reporting, sharding
 
@@ -74,14 +73,6 @@ def create_train_state(model, cfg, init_key, rng, x, labels=None) -> TrainState:
     )
 
 
-def _apply_kwargs(model, rng, train: bool) -> dict:
-    """Per-step model arguments: MADE's mask set (resampled every step when training)."""
-    num_masks = getattr(model, "num_masks", 1)
-    if train and num_masks > 1:
-        return {"mask_index": jax.random.randint(rng, (), 0, num_masks)}
-    return {}
-
-
 def nll_nats(model, params, batch_stats, batch, rng=None, train=False,
              dtype=jnp.float32, micro_step=None):
     """Per-example negative log-likelihood in nats `[B]` (float32), and updated batch stats.
@@ -92,7 +83,7 @@ def nll_nats(model, params, batch_stats, batch, rng=None, train=False,
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     labels = batch["labels"] if model.num_classes else None
     cond = models_lib.default_cond(model, batch["x"])
-    kwargs = dict(train=train, **_apply_kwargs(model, rng, train))
+    kwargs = dict(train=train, **(model.training_kwargs(rng) if train else {}))
     if train:
         dropout_rng, _ = jax.random.split(rng)
         if micro_step is not None:
@@ -170,12 +161,11 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float,
 def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
     """Sums of masked NLL (nats) and of the mask over one padded eval batch, in float32.
 
-    `ensemble_masks > 1` (MADE) scores the mean probability over that many mask sets.
+    `ensemble_masks > 1` scores the model's test-time ensemble (`Model.ensemble_log_prob`).
     """
     if ensemble_masks > 1:
         labels = batch["labels"] if model.num_classes else None
-        lp = made.ensemble_log_prob(model, {"params": params}, batch["x"], labels, ensemble_masks)
-        nll = -lp
+        nll = -model.ensemble_log_prob({"params": params}, batch["x"], labels, ensemble_masks)
     else:
         nll, _ = nll_nats(model, params, batch_stats, batch)
     return {"nll_sum": (nll * batch["mask"]).sum(), "count": batch["mask"].sum()}
@@ -294,7 +284,7 @@ def write_samples(trainer: Trainer, state, step: int, workdir: pathlib.Path, tes
     n = cfg.train.num_samples
     labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes if model.num_classes else None
     cond = None
-    if getattr(model, "cond_shape", None):
+    if model.cond_shape:
         first = test_split.get(np.arange(min(n, len(test_split))))["x"]
         cond = models_lib.default_cond(model, jnp.asarray(np.resize(first, (n, *first.shape[1:]))))
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
