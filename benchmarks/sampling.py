@@ -54,7 +54,7 @@ def compare(spec: str, batch: int, naive_max_steps: int) -> float:
     shape = (batch, *model.event_shape)
     size = int(np.prod(model.event_shape))
     labels = jnp.arange(batch, dtype=jnp.int32) % model.num_classes if model.num_classes else None
-    cond = jaxar.models.default_cond(model, jnp.zeros(shape, jnp.int32))  # None: unconditional
+    cond = model.derive_cond(jnp.zeros(shape, jnp.int32))  # None: unconditional
     key = jax.random.key(1)
 
     def sample(method, **kw):

@@ -68,7 +68,7 @@ def random_batch(model, batch_size, seed=0):
     x = rng.integers(0, model.num_levels, (batch_size, *model.event_shape)).astype(np.int32)
     labels = rng.integers(0, model.num_classes, batch_size).astype(np.int32) \
         if model.num_classes else None
-    return {"x": jnp.asarray(x), "labels": labels, "cond": models_lib.default_cond(model, x)}
+    return {"x": jnp.asarray(x), "labels": labels, "cond": model.derive_cond(x)}
 
 
 def compare(spec: str, rounds: int) -> float:

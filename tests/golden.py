@@ -10,6 +10,7 @@ computes the same log-probs and draws the same samples.
 
 from __future__ import annotations
 
+import collections
 import re
 import sys
 
@@ -36,20 +37,100 @@ CASES = {
     "transformer": ("experiments/transformer_mnist.py:smoke", {}),
 }
 
-# Parameter paths renamed by the redesign: (model name, regex on the old path, replacement).
-RENAMES = [
-    ("made", r"^params/MaskedDense_(\d+)/", None),  # resolved by `_made_rename`
-    ("made", r"^params/Dense_(\d+)/", r"params/label_layers_\1/"),
-]
+# Parameter paths renamed by the redesign, per model: old path -> new path (None: dropped).
 
 
-def _made_rename(path: str, num_hidden: int) -> str:
-    m = re.match(r"^params/MaskedDense_(\d+)/(.*)$", path)
+def _made(path: str, model_cfg) -> str:
+    m = re.match(r"^params/(MaskedDense|Dense)_(\d+)/(.*)$", path)
     if not m:
         return path
-    index = int(m.group(1))
-    layer = "out_layer" if index == num_hidden else f"hidden_layers_{index}"
-    return f"params/{layer}/{m.group(2)}"
+    kind, index, rest = m.group(1), int(m.group(2)), m.group(3)
+    if kind == "Dense":
+        return f"params/label_layers_{index}/{rest}"
+    layer = "out_layer" if index == len(model_cfg.hidden) else f"hidden_layers_{index}"
+    return f"params/{layer}/{rest}"
+
+
+def _gated_pixelcnn(path: str, model_cfg) -> str | None:
+    m = re.match(r"^params/([A-Za-z0-9]+)_(\d+)/(.*)$", path)
+    if not m:
+        return path
+    kind, i, rest = m.group(1), int(m.group(2)), m.group(3)
+    layers = model_cfg.num_layers
+    if kind in ("VerticalStackConv", "HorizontalStackConv", "Conv"):
+        stack = {"VerticalStackConv": ("v_in", "v_convs"), "HorizontalStackConv":
+                 ("h_in", "h_convs"), "Conv": ("v_to_h_in", "v_to_h")}[kind]
+        name = stack[0] if i == 0 else f"{stack[1]}_{i - 1}"
+    elif kind == "GatedActivation":
+        if i % 2 == 0 and i // 2 == layers - 1:
+            return None  # the last vertical gate fed nothing; it no longer exists
+        name = f"{'hv'[i % 2 == 0]}_gates_{i // 2}"
+    elif kind == "MaskedConv2D":
+        name = {2 * layers: "head", 2 * layers + 1: "out"}.get(
+            i, f"{'skips' if i % 2 == 0 else 'residuals'}_{i // 2}")
+    elif kind == "ConvTranspose":
+        name = "cond_upsample"
+    else:
+        return path
+    return f"params/{name}/{rest}"
+
+
+def _pixelcnn_pp_layers(model_cfg) -> list[tuple[str, str]]:
+    """(module kind, new name) of PixelCNN++'s layers in the order the old `__call__` made them."""
+    res, nr = model_cfg.num_resolutions, model_cfg.num_resnets
+    layers = [("WNConv", "u_in"), ("WNConv", "ul_above"), ("WNConv", "ul_left")]
+    for lvl in range(res):
+        if lvl:
+            layers += [("WNConv", f"up{lvl}_u_conv"), ("WNConv", f"up{lvl}_ul_conv")]
+        for k in range(nr):
+            layers += [("GatedResnet", f"up{lvl}_u_res{k}"), ("GatedResnet", f"up{lvl}_ul_res{k}")]
+    for lvl in reversed(range(res)):
+        if lvl < res - 1:
+            layers += [("WNConv", f"down{lvl}_u_conv"), ("WNConv", f"down{lvl}_ul_conv")]
+        for k in range(nr + (lvl < res - 1)):
+            layers += [("GatedResnet", f"down{lvl}_u_res{k}"),
+                       ("GatedResnet", f"down{lvl}_ul_res{k}")]
+    return layers + [("WNDense", "out")]
+
+
+def _pixelsnail_layers(model_cfg) -> list[tuple[str, str]]:
+    """(module kind, new name) of PixelSNAIL's layers in the order the old `__call__` made them."""
+    if model_cfg.ordering == "raster":
+        layers = [("WNConv", "ul_above"), ("WNConv", "ul_left")]
+    else:
+        layers = [("WNDense", "shift_in")]
+    for b in range(model_cfg.num_blocks):
+        layers += [("GatedResnet", f"block{b}_res{k}") for k in range(model_cfg.num_resnets)]
+        layers += [("GatedResnet", f"block{b}_content"), ("WNDense", f"block{b}_kv"),
+                   ("GatedResnet", f"block{b}_query_res"), ("WNDense", f"block{b}_query"),
+                   ("GatedResnet", f"block{b}_out")]
+    return layers + [("WNDense", "out")]
+
+
+def _by_creation_order(layers_of):
+    """A renamer from flax's automatic names (`<Kind>_<count per kind>`, in creation order);
+    a gated resnet's label layer `Dense_0` is now `label_bias`."""
+
+    def rename(path: str, model_cfg) -> str:
+        m = re.match(r"^params/([A-Za-z]+_\d+)/(.*)$", path)
+        if not m:
+            return path
+        counts, names = collections.Counter(), {}
+        for kind, new in layers_of(model_cfg):
+            names[f"{kind}_{counts[kind]}"] = new
+            counts[kind] += 1
+        rest = re.sub(r"^Dense_0/", "label_bias/", m.group(2))
+        return f"params/{names[m.group(1)]}/{rest}"
+
+    return rename
+
+
+RENAMERS = {
+    "made": _made,
+    "gated_pixelcnn": _gated_pixelcnn,
+    "pixelcnn_pp": _by_creation_order(_pixelcnn_pp_layers),
+    "pixelsnail": _by_creation_order(_pixelsnail_layers),
+}
 
 
 def build(case: str):
@@ -62,15 +143,13 @@ def build(case: str):
 
 
 def renamed(cfg, flat: dict) -> dict:
-    """Recorded `var:` paths mapped to the current names."""
+    """Recorded `var:` paths mapped to the current names (`RENAMERS`)."""
+    rename = RENAMERS.get(cfg.model.name, lambda path, model_cfg: path)
     out = {}
     for path, value in flat.items():
-        if cfg.model.name == "made":
-            path = _made_rename(path, len(cfg.model.hidden))
-        for name, pattern, replacement in RENAMES:
-            if name == cfg.model.name and replacement is not None:
-                path = re.sub(pattern, replacement, path)
-        out[path] = value
+        new = rename(path, cfg.model)
+        if new is not None:
+            out[new] = value
     return out
 
 

@@ -111,18 +111,19 @@ def input_index(x, num_levels) -> np.ndarray:
     return flat @ weights
 
 
-def decoded_pixel_params(steps, x, passes: int = 1):
-    """Yields `(i, j, parameters of pixel (i, j))` from a cached decoder (`decoding.Steps`)
-    walked in raster order over a complete image x, `passes` calls per pixel as the
-    sampler makes them (one per channel for channel-masked models)."""
-    pixel_params = jax.jit(steps.pixel_params)
-    start_row = jax.jit(steps.start_row) if steps.start_row else None
-    state = steps.state
-    _, height, width = x.shape[:3]
-    for i in range(height):
-        if start_row is not None:
-            state = start_row(state, x, i)
-        for j in range(width):
-            for _ in range(passes):
-                params, state = pixel_params(state, x, i, j)
-            yield i, j, params
+def decoder_call_params(decoder, x) -> np.ndarray:
+    """A `base.Decoder` walked as `jaxar.sampling.loop.ancestral` walks it, over a complete
+    x: the likelihood parameters of every call, `[calls, B, F]`."""
+    x_flat = jnp.asarray(x).reshape(x.shape[0], -1)
+    calls = x_flat.shape[1] // decoder.dims_per_step
+    per_block = decoder.steps_per_block or calls
+    step = jax.jit(decoder.step)
+    start = jax.jit(decoder.start_block) if decoder.start_block else None
+    cache, out = decoder.cache, []
+    for b in range(calls // per_block):
+        if start is not None:
+            cache = start(cache, x_flat, b)
+        for s in range(b * per_block, (b + 1) * per_block):
+            params, cache = step(cache, x_flat, s)
+            out.append(np.asarray(params))
+    return np.stack(out)

@@ -1,91 +1,21 @@
-"""MADE, PixelCNN and Gated PixelCNN are normalized autoregressive distributions."""
+"""MADE, PixelCNN and Gated PixelCNN: causality at full size, family specifics, input checks."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from model_checks import (
     all_inputs,
     check_causal_perturbation,
-    chi_square_statistic,
-    input_index,
-    joint_log_probs,
     random_variables,
     tiny_config,
-    total_probability,
 )
 
 import jaxar
-from jaxar.models import made
 
-# (id, name, model kwargs) of every family and conditioning mode, on tiny event spaces.
+# Every family's normalization, causality, sampler agreement, cached == naive and
+# completion are in tests/test_protocol.py; these are the PixelCNN/MADE/Gated specifics.
 PIX = dict(features=6, num_layers=2, head_features=6, input_kernel_size=3)
 GATED = dict(features=6, num_layers=2, head_features=6, kernel_size=3, input_kernel_size=3)
-CASES = [
-    ("made", "made", (3, 3, 1), 2, dict(hidden=(16, 16))),
-    ("made-random-4lev-class", "made", (2, 2, 1), 4,
-     dict(hidden=(16,), ordering="random", num_masks=3, num_classes=3)),
-    ("made-rgb-categorical", "made", (1, 2, 3), 3, dict(hidden=(16,), likelihood="categorical")),
-    ("pixelcnn-bernoulli", "pixelcnn", (3, 3, 1), 2, dict(PIX, likelihood="bernoulli")),
-    ("pixelcnn-4lev-class", "pixelcnn", (2, 2, 1), 4, dict(PIX, num_classes=2)),
-    ("pixelcnn-rgb", "pixelcnn", (2, 2, 3), 2, dict(PIX, num_classes=2)),
-    ("pixelcnn-plain", "pixelcnn", (3, 3, 1), 2,
-     dict(PIX, architecture="plain", likelihood="bernoulli")),
-    ("gated", "gated_pixelcnn", (3, 3, 1), 2, dict(GATED, likelihood="bernoulli")),
-    ("gated-rgb-class", "gated_pixelcnn", (2, 2, 3), 2, dict(GATED, num_classes=2)),
-    ("gated-spatial", "gated_pixelcnn", (4, 4, 1), 2, dict(GATED, cond_shape=(2, 2, 1))),
-]
-
-
-@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
-def tiny(request):
-    _, name, shape, levels, kwargs = request.param
-    cfg = tiny_config(name, shape, levels, **kwargs)
-    model = jaxar.build_model(cfg)
-    cond = None
-    if getattr(model, "cond_shape", None):
-        cond = jax.random.normal(jax.random.key(3), (1, *model.cond_shape))
-    return model, random_variables(model, cfg), cond
-
-
-def test_probabilities_of_all_inputs_sum_to_one(tiny):
-    model, variables, cond = tiny
-    labels = range(model.num_classes) if model.num_classes else [None]
-    for label in labels:
-        assert total_probability(model, variables, label, cond) == pytest.approx(1.0, abs=1e-4)
-
-
-def test_naive_sampler_matches_likelihood(tiny):
-    """Sample frequencies over every input agree with exp(log_prob) (chi-square)."""
-    model, variables, cond = tiny
-    label = model.num_classes - 1 if model.num_classes else None
-    x_all = all_inputs(model.event_shape, model.num_levels)
-    probs = np.exp(joint_log_probs(model, variables, x_all, label, cond))
-    n = 4000 if x_all.shape[0] <= 512 else 16000
-    labels = None if label is None else jnp.full((n,), label, jnp.int32)
-    cond_n = None if cond is None else jnp.broadcast_to(cond, (n, *cond.shape[1:]))
-    xs = jaxar.sample(model, variables, jax.random.key(7), n, labels=labels, cond=cond_n,
-                      method="naive")
-    stat, dof = chi_square_statistic(input_index(xs, model.num_levels), probs)
-    # 99.9% quantile of chi-square: dof + 3.1 sqrt(2 dof) + 10 is a safe upper bound.
-    assert stat < dof + 3.1 * np.sqrt(2 * dof) + 10, (stat, dof)
-
-
-def test_completion_keeps_known_and_is_deterministic(tiny):
-    model, variables, cond = tiny
-    n = 8
-    rng = np.random.default_rng(0)
-    known = rng.integers(0, model.num_levels, (n, *model.event_shape)).astype(np.int32)
-    mask = rng.random(known.shape) < 0.5
-    labels = jnp.zeros((n,), jnp.int32) if model.num_classes else None
-    cond_n = None if cond is None else jnp.broadcast_to(cond, (n, *cond.shape[1:]))
-    kwargs = dict(labels=labels, cond=cond_n, known=known, known_mask=mask, method="naive")
-    xs = np.asarray(jaxar.sample(model, variables, jax.random.key(1), n, **kwargs))
-    np.testing.assert_array_equal(xs[mask], known[mask])
-    assert xs.min() >= 0 and xs.max() < model.num_levels
-    again = jaxar.sample(model, variables, jax.random.key(1), n, **kwargs)
-    np.testing.assert_array_equal(xs, again)
-
 
 BIG = [
     ("made", dict(hidden=(64,), ordering="random"), (6, 6, 1), 2),
@@ -131,12 +61,12 @@ def test_made_ensemble_is_normalized_and_orderings_differ():
     model = jaxar.build_model(cfg)
     variables = random_variables(model, cfg)
     x = all_inputs(model.event_shape, 2)
-    lp = made.ensemble_log_prob(model, variables, x, num_masks=3)
+    lp = model.ensemble_log_prob(variables, x, None, 3)
     assert float(np.exp(np.asarray(lp, np.float64)).sum()) == pytest.approx(1.0, abs=1e-4)
     assert not np.array_equal(model.ordering(0), model.ordering(1))
     np.testing.assert_array_equal(jaxar.ordering(model), model.ordering(0))
-    with pytest.raises(ValueError, match="num_masks"):
-        made.ensemble_log_prob(model, variables, x, num_masks=4)
+    with pytest.raises(ValueError, match="ensemble_masks"):
+        model.ensemble_log_prob(variables, x, None, 4)
 
 
 def test_ordering_is_raster_for_convolutional_models():
