@@ -25,6 +25,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     cfg.data.path = ""
     cfg.data.labels_from_subfolders = False
     cfg.data.test_fraction = 0.1
+    # Label classes of data.source="synthetic" (0: no labels); other sources declare theirs.
+    cfg.data.num_classes = 0
+    # How sample grids show an event, e.g. (28, 28, 1) for sequences of 784; None: as is.
+    cfg.data.image_shape = config_dict.placeholder(tuple)
 
     cfg.train = ml_collections.ConfigDict()
     cfg.train.num_steps = 1000
@@ -48,6 +52,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # "bfloat16": the network computes in bf16 on float32 params and optimizer
     # state; likelihoods and evaluation stay float32.
     cfg.train.compute_dtype = "float32"
+    # Divergence guard: training stops when the loss exceeds this many bits/dim (inf: never);
+    # None: 8 x log2(data.num_levels), eight times a uniform model's loss.
+    cfg.train.max_bpd = config_dict.placeholder(float)
 
     # Devices as a (data, fsdp) mesh; -1 takes all the devices left. The batch is split
     # over every device; fsdp > 1 also splits params and optimizer state (leaves of at

@@ -1,11 +1,29 @@
-"""Loading experiment configs: `path/to/experiment.py[:variant]` -> ConfigDict."""
+"""Experiment configs: loading `path/to/experiment.py[:variant]`, and validating one.
+
+`validate(cfg)` is strict: the keys of `experiments/base.py:get_base_config()` are the
+schema of every section but `model` (whose keys are the chosen model's fields, see
+`jaxar.models.configs`), so an unknown key is a ValueError that names it, lists the
+valid ones and asks "did you mean" when one is close; then every value is checked for
+its type, its range and its relations to others, before anything is compiled or
+written. Keys a config leaves out take the code's defaults.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
+
+from experiments import base
+from jaxar import models
+from jaxar.data import pipeline
+from jaxar.models import configs
+
+# The names of `jaxar.training.precision.COMPUTE_DTYPES` (a module of a higher rank than
+# this one, see tests/test_imports.py; tests/test_config.py keeps the two equal).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -22,3 +40,186 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config(arg)")
     return module.get_config(variant) if variant else module.get_config()
+
+
+# data keys read by one data.source only: any other value than the base config's is
+# refused with another source. (data.num_classes, read by "synthetic", must match the
+# classes other sources declare: `jaxar.data.create_datasets` checks it.)
+_SOURCE_KEYS = {"path": "folder", "labels_from_subfolders": "folder", "test_fraction": "folder",
+                "tfds_dir": "tfds"}
+_EVERY_STEPS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                "sample_every_steps")
+_MISSING = object()
+
+
+def validate(cfg: ml_collections.ConfigDict, workdir=None) -> None:
+    """Checks every key and value of a training config (and `workdir`, when given).
+
+    Raises a one-line ValueError naming the first bad key, e.g.
+    `train.ema_decay must lie in [0, 1), got 1.5`. Builds the model (a dataclass,
+    nothing compiled) to check `cfg.model`.
+    """
+    if isinstance(workdir, str) and not workdir.strip():
+        raise ValueError("--workdir must name a directory, got an empty path")
+    schema = base.get_base_config()
+    _check_keys("", cfg, schema)
+    for section in ("data", "train", "eval", "mesh"):
+        if section in cfg:
+            if not isinstance(cfg[section], ml_collections.ConfigDict | dict):
+                raise ValueError(f"{section} must be a config section, got {cfg[section]!r}")
+            _check_keys(section, cfg[section], schema[section])
+    get = lambda key: _lookup(cfg, key)
+    _check_int("seed", get("seed"), 0)
+    _check_data(cfg, get)
+    _check_train(get)
+    for key in ("batch_size", "ensemble_masks"):
+        _check_int(f"eval.{key}", get(f"eval.{key}"), 1, none_ok=key == "batch_size")
+    for key in ("data", "fsdp"):
+        value = get(f"mesh.{key}")
+        if value is not _MISSING and (not _is_int(value) or (value < 1 and value != -1)):
+            raise ValueError(f"mesh.{key} must be a positive int or -1 (all devices), got "
+                             f"{value!r}")
+    _check_int("mesh.fsdp_min_size", get("mesh.fsdp_min_size"), 0)
+    if "model" in cfg:
+        model = models.build_model(cfg)
+        members = get("eval.ensemble_masks")
+        if members is not _MISSING and members > model.ensemble_size:
+            raise ValueError(
+                f"eval.ensemble_masks must lie in [1, {model.ensemble_size}] for model "
+                f"{cfg.model.name!r} (its test-time ensemble's size), got {members}"
+            )
+
+
+def _check_keys(section: str, node, schema) -> None:
+    """Refuses any key of `node` that `schema` (the base config, or one of its sections)
+    lacks; checks the type of each key of a section."""
+    valid = list(schema.keys())
+    for key in node.keys():
+        if key not in valid:
+            raise configs.unknown_key(section, key, valid)
+        if section:
+            _check_type(f"{section}.{key}", node[key], schema, key)
+
+
+def _check_type(name: str, value, schema, key: str) -> None:
+    """`value` must have the type of the base config's `key` (None: only for placeholders)."""
+    kind = schema.get_type(key)
+    if value is None:
+        if schema[key] is None or name == "eval.batch_size":  # unset: the code's default
+            return
+        raise ValueError(f"{name} must be set, got None")
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: _is_int,
+        float: lambda v: _is_int(v) or isinstance(v, float),
+        str: lambda v: isinstance(v, str),
+        tuple: lambda v: isinstance(v, tuple | list),
+    }.get(kind, lambda v: True)
+    if not ok(value):
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise ValueError(f"{name} must be {article} {kind.__name__}, got {value!r}")
+
+
+def _lookup(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int, none_ok: bool = False) -> None:
+    if value is _MISSING or (none_ok and value is None):
+        return
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _check_real(name: str, value, low, high, *, low_open=False, high_open=False) -> None:
+    """A finite number with `low <= value <= high` (strict on an open side; None: no bound)."""
+    if value is _MISSING:
+        return
+    ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    if low is None and high is None:
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if high is None:
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def _check_train(get) -> None:
+    for key in ("num_steps", "batch_size", "init_batch_size", "num_samples", "max_checkpoints",
+                "grad_accum_steps", *_EVERY_STEPS):
+        _check_int(f"train.{key}", get(f"train.{key}"), 1)
+    _check_real("train.learning_rate", get("train.learning_rate"), 0, None, low_open=True)
+    _check_real("train.lr_decay", get("train.lr_decay"), 0, 1, low_open=True)
+    for key in ("b1", "b2", "ema_decay"):
+        _check_real(f"train.{key}", get(f"train.{key}"), 0, 1, high_open=True)
+    _check_real("train.grad_clip", get("train.grad_clip"), None, None)
+    max_bpd = get("train.max_bpd")  # None: the trainer's default; inf: no limit
+    if max_bpd not in (None, _MISSING) and not (
+            (_is_int(max_bpd) or isinstance(max_bpd, float)) and max_bpd > 0):
+        raise ValueError(f"train.max_bpd must be a number > 0 (inf: no limit) or None, "
+                         f"got {max_bpd!r}")
+    batch, accum = get("train.batch_size"), get("train.grad_accum_steps")
+    if batch is not _MISSING and accum is not _MISSING and batch % accum:
+        raise ValueError(
+            f"train.batch_size={batch} must be divisible by train.grad_accum_steps={accum}"
+        )
+    dtype = get("train.compute_dtype")
+    if dtype is not _MISSING and dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"train.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {dtype!r}"
+        )
+
+
+def _check_data(cfg, get) -> None:
+    source = get("data.source")
+    if source is not _MISSING and source not in pipeline.SOURCES:
+        raise ValueError(f"data.source must be one of {list(pipeline.SOURCES)}, got {source!r}")
+    shape = get("data.shape")
+    if shape is not _MISSING and (
+            not isinstance(shape, tuple | list) or not shape
+            or not all(_is_int(d) and d > 0 for d in shape)):
+        raise ValueError(f"data.shape must be a non-empty tuple of positive ints, got {shape!r}")
+    _check_int("data.num_levels", get("data.num_levels"), 2)
+    for key in ("num_train", "num_test"):
+        _check_int(f"data.{key}", get(f"data.{key}"), 1, none_ok=True)
+    _check_int("data.num_classes", get("data.num_classes"), 0)
+    _check_real("data.test_fraction", get("data.test_fraction"), 0, 1, low_open=True,
+                high_open=True)
+    defaults = base.get_base_config().data
+    for key, only in _SOURCE_KEYS.items():
+        value = get(f"data.{key}")
+        if source is not _MISSING and value is not _MISSING and source != only \
+                and value != defaults[key]:
+            raise ValueError(
+                f"data.{key} is read only with data.source={only!r}, got data.{key}={value!r} "
+                f"with data.source={source!r}"
+            )
+    image_shape = get("data.image_shape")
+    shown = shape if image_shape in (None, _MISSING) else image_shape
+    if image_shape not in (None, _MISSING) and shape is not _MISSING and (
+            not all(_is_int(d) and d > 0 for d in image_shape)
+            or math.prod(image_shape) != math.prod(shape)):
+        raise ValueError(
+            f"data.image_shape must be positive ints with as many elements as data.shape "
+            f"{tuple(shape)}, got {image_shape!r}"
+        )
+    if shown is not _MISSING and (len(shown) > 3 or len(shown) == 3 and shown[-1] > 4):
+        raise ValueError(
+            f"data.shape {tuple(shown)} cannot be shown as a sample grid (at most 3 axes and "
+            f"4 channels): set data.image_shape, e.g. (height, width, 1)"
+        )

@@ -168,7 +168,8 @@ def record(outdir: str, cases) -> None:
         labels = jnp.array([0, model.num_classes - 1], jnp.int32) if model.num_classes else None
         cond = model.derive_cond(x)
         rec = {f"var:{k}": v for k, v in flatten(variables).items()}
-        rec.update(x=np.asarray(x), lp=np.asarray(jaxar.log_prob(model, variables, x, labels, cond)))
+        lp = jaxar.log_prob(model, variables, x, labels, cond)
+        rec.update(x=np.asarray(x), lp=np.asarray(lp))
         if labels is not None:
             rec["labels"] = np.asarray(labels)
         if cond is not None:

@@ -1,15 +1,20 @@
-"""method="cached" draws exactly what method="naive" draws for PixelCNN++ and raster PixelSNAIL,
-and their per-pixel parameters are those of a full forward pass
-(`jaxar.models.pixelcnn_pp_cache`, `jaxar.models.pixelsnail_cache`)."""
+"""method="cached" draws exactly what method="naive" draws for PixelCNN++ and PixelSNAIL (raster,
+zigzag and custom orderings), its per-call parameters are those of a full forward pass, and the
+decoders read every parameter of their model (`jaxar.models.pixelcnn_pp_cache`,
+`jaxar.models.pixelsnail_cache`)."""
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_checks import decoded_pixel_params, tiny_config
+from flax import traverse_util
+from model_checks import decoder_call_params, tiny_config
 
 import jaxar
-from jaxar.models import pixelcnn_pp_cache, pixelsnail_cache
+from jaxar.models import base
+from jaxar.sampling import loop
 
 PP = dict(features=8, num_resnets=1, num_mixtures=2)
 SNAIL = dict(
@@ -21,6 +26,7 @@ SNAIL = dict(
     num_heads=2,
     num_mixtures=2,
 )
+CUSTOM_3x5 = tuple(np.random.default_rng(7).permutation(15).tolist())
 # (id, name, event shape, levels, model kwargs, temperature)
 CASES = [
     (
@@ -47,8 +53,23 @@ CASES = [
         dict(SNAIL, nonlinearity="elu", num_classes=2),
         1.3,
     ),
+    (
+        "snail-zigzag-class",
+        "pixelsnail",
+        (3, 5, 3),
+        16,
+        dict(SNAIL, ordering="zigzag", num_classes=2),
+        1.0,
+    ),
+    (
+        "snail-custom-2resnets",
+        "pixelsnail",
+        (3, 5, 3),
+        16,
+        dict(SNAIL, ordering="custom", pixel_order=CUSTOM_3x5, num_resnets=2),
+        0.9,
+    ),
 ]
-STEPS = {"PixelCNNPP": pixelcnn_pp_cache.steps, "PixelSNAIL": pixelsnail_cache.steps}
 BATCH = 4
 
 
@@ -87,44 +108,76 @@ def test_cached_samples_equal_naive_samples(case):
     np.testing.assert_array_equal(auto, cached)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=lambda c: c[0], indirect=True)
-def test_cached_pixel_parameters_equal_a_full_forward_pass(case):
-    """Run the decoder over a fixed image, pixel by pixel, once per pixel."""
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[4]], ids=lambda c: c[0],
+                         indirect=True)
+def test_cached_call_parameters_equal_a_full_forward_pass(case):
+    """Run the decoder over a fixed complete image, call by call, as the sampler does."""
     model, variables, labels, _ = case
     x = np.random.default_rng(2).integers(0, model.num_levels, (BATCH, *model.event_shape))
     x = jnp.asarray(x, jnp.int32)
-    full = np.asarray(jax.jit(model.apply)(variables, x, labels))  # [B, H, W, F]
-    steps = STEPS[type(model).__name__](model, variables, labels, None, x)
-    for i, j, params in decoded_pixel_params(steps, x):
+    full = jax.jit(model.apply)(variables, x, labels)  # [B, H, W, F]
+    decoder = model.decoder(variables, labels, None, BATCH)
+    got = decoder_call_params(decoder, x)  # [calls, B, F]
+    order = base.generation_order(model)
+    assert got.shape[0] * decoder.dims_per_step == order.shape[0]
+    for s in range(got.shape[0]):
+        dim = int(order[s * decoder.dims_per_step])
         np.testing.assert_allclose(
-            np.asarray(params)[:, 0, 0], full[:, i, j], atol=1e-5, rtol=1e-5,
-            err_msg=f"pixel {(i, j)}",
+            got[s], np.asarray(loop.params_at(model, full, dim)), atol=1e-5, rtol=1e-5,
+            err_msg=f"call {s} (dimension {dim})",
         )
 
 
-@pytest.mark.parametrize(
-    "name,layout",
-    [("pixelcnn_pp", pixelcnn_pp_cache.layout), ("pixelsnail", pixelsnail_cache.layout)],
-)
-def test_layouts_name_every_parameter(name, layout):
-    """The decoders read the model's parameters by name: every one, each once."""
-    kwargs = PP if name == "pixelcnn_pp" else SNAIL
-    for extra in ({}, dict(num_resnets=3), dict(num_resolutions=2, num_blocks=3)):
-        if name == "pixelsnail":
-            extra.pop("num_resolutions", None)
-        else:
-            extra.pop("num_blocks", None)
-        model, variables, _ = _build(name, (4, 4, 3), 16, {**kwargs, **extra})
-        leaves = jax.tree.leaves(layout(model))
-        assert sorted(leaves) == sorted(variables["params"])
+class _Recording(Mapping):
+    """A parameter tree that records the path of every leaf read from it."""
+
+    def __init__(self, tree, read, path=()):
+        self._tree, self._read, self._path = tree, read, path
+
+    def __getitem__(self, key):
+        value = self._tree[key]
+        if isinstance(value, Mapping):
+            return _Recording(value, self._read, (*self._path, key))
+        self._read.add("/".join((*self._path, key)))
+        return value
+
+    def __iter__(self):
+        return iter(self._tree)
+
+    def __len__(self):
+        return len(self._tree)
 
 
-def test_non_raster_pixelsnail_refuses_cached_and_auto_samples_naively():
-    model, variables, _ = _build(
-        "pixelsnail", (3, 3, 3), 16, dict(SNAIL, ordering="zigzag", num_blocks=1)
-    )
-    with pytest.raises(ValueError, match="method='naive'"):
-        jaxar.sample(model, variables, jax.random.key(5), BATCH, method="cached")
-    naive = jaxar.sample(model, variables, jax.random.key(5), BATCH, method="naive")
-    auto = jaxar.sample(model, variables, jax.random.key(5), BATCH, method="auto")
-    np.testing.assert_array_equal(auto, naive)
+READ_CASES = [
+    ("pixelcnn_pp", dict(PP, num_resolutions=3, num_classes=2)),
+    ("pixelcnn_pp", dict(PP, num_resolutions=2, num_resnets=3)),
+    ("pixelcnn_pp", dict(PP, num_resolutions=1)),
+    ("pixelsnail", dict(SNAIL, num_blocks=3, num_classes=2)),
+    ("pixelsnail", dict(SNAIL, ordering="zigzag", num_resnets=2)),
+    ("pixelsnail", dict(SNAIL, ordering="custom", pixel_order=tuple(range(16))[::-1],
+                        num_classes=3)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", READ_CASES, ids=[f"{n}-{i}" for i, (n, _) in
+                                                         enumerate(READ_CASES)])
+def test_decoder_reads_every_parameter(name, kwargs):
+    """The decoders name layers by `model.layer_names()`, the table the model names them
+    from: a layer the decoder does not restate leaves a parameter unread, and fails here."""
+    model, variables, labels = _build(name, (4, 4, 3), 16, kwargs)
+    read = set()
+    recording = {**variables, "params": _Recording(variables["params"], read)}
+
+    def trace():
+        decoder = model.decoder(recording, labels, None, BATCH)
+        x_flat = jnp.zeros((BATCH, 48), jnp.int32)
+        cache = decoder.cache
+        if decoder.start_block is not None:
+            cache = decoder.start_block(cache, x_flat, 0)
+        return decoder.step(cache, x_flat, 1)
+
+    jax.eval_shape(trace)
+    every = set(traverse_util.flatten_dict(variables["params"], sep="/"))
+    assert read == every, (sorted(every - read), sorted(read - every))
+    names = jax.tree.leaves(model.layer_names())
+    assert len(set(names)) == len(names) and set(names) == set(variables["params"])

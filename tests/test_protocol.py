@@ -28,8 +28,8 @@ from model_checks import (
 
 import jaxar
 from jaxar import models
-from jaxar.models import base
-from jaxar.sampling import loop
+from jaxar.models import base, common
+from jaxar.sampling import fixed_point, loop
 
 PIX = dict(features=6, num_layers=2, head_features=6, input_kernel_size=3)
 GATED = dict(features=6, num_layers=2, head_features=6, kernel_size=3, input_kernel_size=3)
@@ -156,11 +156,26 @@ def test_every_method_draws_the_same_samples(case, completion):
     draws = {
         method: np.asarray(jaxar.sample(model, variables, jax.random.key(5), BATCH,
                                         method=method, **kwargs))
-        for method in ("naive", "cached", "auto")
+        for method in ("naive", "cached", "fixed_point", "auto")
     }
-    np.testing.assert_array_equal(draws["cached"], draws["naive"])
-    np.testing.assert_array_equal(draws["auto"], draws["naive"])
+    for method in ("cached", "fixed_point", "auto"):
+        np.testing.assert_array_equal(draws[method], draws["naive"], err_msg=method)
     if completion:
         mask = kwargs["known_mask"]
         np.testing.assert_array_equal(draws["naive"][mask], kwargs["known"][mask])
     assert 0 <= draws["naive"].min() and draws["naive"].max() < model.num_levels
+
+
+def test_fixed_point_takes_at_most_one_pass_per_dimension(case):
+    model, variables, cond = case
+    labels, cond_n = _batch(model, cond, BATCH)
+    shape = (BATCH, *model.event_shape)
+    known, mask = jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool)
+    with common.rng_context():
+        x, passes = jax.jit(fixed_point.fixed_point, static_argnums=0)(
+            model, variables, jax.random.key(5), labels, cond_n, jnp.float32(1.0), known, mask
+        )
+    naive = jaxar.sample(model, variables, jax.random.key(5), BATCH, labels=labels, cond=cond_n,
+                         method="naive")
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(naive))
+    assert 1 <= int(passes) <= int(np.prod(model.event_shape))

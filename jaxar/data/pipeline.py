@@ -409,11 +409,37 @@ def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
                     process_count=None) -> tuple[TrainIterator, Split]:
     """(TrainIterator over the train split, test Split for `eval_batches`).
 
-    Evaluate with `eval_batches(test, eval_batch_size(cfg))`. Both batch sizes are
-    checked here, so a bad config fails before any compilation.
+    Evaluate with `eval_batches(test, eval_batch_size(cfg))`. Both batch sizes and the
+    labels `model.num_classes` needs are checked here, so a bad config fails before any
+    compilation.
     """
     train, test = load_splits(cfg)
+    check_labels(cfg, train)
     iterator = TrainIterator(train, cfg.train.batch_size, cfg.seed, process_index,
                              process_count)
     _host_share(eval_batch_size(cfg), "eval.batch_size", process_index, process_count)
     return iterator, test
+
+
+def check_labels(cfg: ml_collections.ConfigDict, split: Split) -> None:
+    """Raises a ValueError unless the split has the labels cfg.model.num_classes needs
+    (and as many classes as a set data.num_classes declares)."""
+    data, classes = cfg.data, split.num_classes
+    dataset = f"{data.source}/{data.name}"
+    declared = data.get("num_classes", 0)
+    if declared and declared != classes:
+        raise ValueError(
+            f"data.num_classes={declared} does not match the {classes} label classes of "
+            f"{dataset}"
+        )
+    wanted = cfg.model.get("num_classes", 0) if "model" in cfg else 0
+    if wanted and not classes:
+        raise ValueError(
+            f"model.num_classes={wanted} needs labelled data, but {dataset} has no labels; "
+            f"use model.num_classes=0"
+        )
+    if wanted and wanted < classes:
+        raise ValueError(
+            f"model.num_classes={wanted} is smaller than the {classes} label classes of "
+            f"{dataset}: expected model.num_classes={classes}"
+        )

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxar.models import (
     common,
+    configs,
     gated_pixelcnn,
     made,
     pixelcnn,
@@ -19,35 +20,34 @@ from jaxar.models import (
     wavenet,
 )
 
-# name -> from_config(model_cfg, shape, num_levels)
+# name -> model class; each class is built from `cfg.model` by `configs.build`.
 REGISTRY = {
-    "made": made.from_config,
-    "pixelcnn": pixelcnn.from_config,
-    "gated_pixelcnn": gated_pixelcnn.from_config,
-    "pixelcnn_pp": pixelcnn_pp.from_config,
-    "pixelsnail": pixelsnail.from_config,
-    "wavenet": wavenet.from_config,
-    "transformer": transformer.from_config,
+    "made": made.MADE,
+    "pixelcnn": pixelcnn.PixelCNN,
+    "gated_pixelcnn": gated_pixelcnn.GatedPixelCNN,
+    "pixelcnn_pp": pixelcnn_pp.PixelCNNPP,
+    "pixelsnail": pixelsnail.PixelSNAIL,
+    "wavenet": wavenet.WaveNet,
+    "transformer": transformer.Transformer,
 }
 
 
 def build_model(cfg):
-    """Builds the flax module named by `cfg.model.name` from `cfg.model` and `cfg.data`."""
+    """Builds the flax module named by `cfg.model.name` from `cfg.model` and `cfg.data`.
+
+    Strict (`jaxar.models.configs`): a ValueError names any key under `cfg.model`
+    the model does not read and any value it cannot take.
+    """
     name = cfg.model.name
     if name not in REGISTRY:
         raise ValueError(f"model.name must be one of {sorted(REGISTRY)}, got {name!r}")
-    num_levels = int(cfg.data.num_levels)
-    if num_levels < 2:
-        raise ValueError(f"data.num_levels must be >= 2, got {num_levels}")
-    model = REGISTRY[name](cfg.model, tuple(cfg.data.shape), num_levels)
+    num_levels = cfg.data.num_levels
+    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
+        raise ValueError(f"data.num_levels must be an int >= 2, got {num_levels!r}")
+    model = configs.build(REGISTRY[name], cfg.model, cfg.data.shape, num_levels, name)
     if model.likelihood.num_levels != num_levels:  # builds, so checks, the likelihood
         raise ValueError(f"model.likelihood does not model data.num_levels={num_levels}")
     return model
-
-
-def default_cond(model, x):
-    """The conditioning input a model trains on, derived from x (`Model.derive_cond`)."""
-    return model.derive_cond(x)
 
 
 def init_variables(model, cfg, key, x=None, labels=None, cond=None):
@@ -59,7 +59,7 @@ def init_variables(model, cfg, key, x=None, labels=None, cond=None):
     if labels is None and model.num_classes:
         labels = jax.random.randint(label_key, (x.shape[0],), 0, model.num_classes)
     if cond is None:
-        cond = default_cond(model, x)
+        cond = model.derive_cond(x)
     common.check_inputs(model, x, labels, cond)
     with common.rng_context():
         return _init(model, param_key, x, labels, cond)
@@ -118,7 +118,6 @@ __all__ = [
     "apply_log_prob",
     "bits_per_dim",
     "build_model",
-    "default_cond",
     "grouped_log_prob",
     "init_variables",
     "log_prob",

@@ -16,7 +16,8 @@ images, `[L]` sequences), `num_levels` (values per dimension) and `num_classes`
 * `cond_shape` / `derive_cond(x)`: the shape of a spatial or temporal
   conditioning map and how it is computed from a training batch (None: none).
 * `training_kwargs(rng)`: extra `__call__` arguments drawn per training step
-  (MADE's mask set); `ensemble_log_prob(...)`: a test-time ensemble over them.
+  (MADE's mask set); `ensemble_log_prob(...)`: a test-time ensemble over them,
+  of at most `ensemble_size` members.
 * `decoder(variables, labels, cond, batch)`: the model's `Decoder` for cached
   sampling. Every model has one; `jaxar.sampling` runs it in its one loop.
 """
@@ -98,6 +99,11 @@ class Model(nn.Module):
         """Extra `__call__` arguments of one training step (drawn with `rng`)."""
         del rng
         return {}
+
+    @property
+    def ensemble_size(self) -> int:
+        """How many members a test-time ensemble can average (1: none)."""
+        return 1
 
     @nn.nowrap
     def ensemble_log_prob(self, variables, x, labels, num_members: int):

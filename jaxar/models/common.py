@@ -28,12 +28,58 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def check_array(name: str, value) -> None:
+    """Raises ValueError unless `value` is an array (numpy, jax or a tracer), not e.g. a list."""
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise ValueError(
+            f"{name} must be a numpy or jax array, got {type(value).__name__}"
+            + (f" (use np.asarray({name}))" if isinstance(value, list | tuple) else "")
+        )
+
+
+def check_count(name: str, value) -> int:
+    """`value` as an int if it is a positive integer (a bool is not a count), else ValueError."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) \
+            or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_temperature(temperature) -> None:
+    """Raises ValueError unless `temperature` is one finite number > 0: a Python number or
+    a 0-d array (a size-1 array of another shape is refused: say which value you mean)."""
+    if isinstance(temperature, bool | np.bool_):
+        raise ValueError(f"temperature must be a float > 0, got {temperature!r}")
+    if hasattr(temperature, "shape"):
+        if tuple(temperature.shape) != ():
+            raise ValueError(
+                f"temperature must be a scalar (a float or a 0-d array), got an array of "
+                f"shape {tuple(temperature.shape)}"
+            )
+        if not np.issubdtype(np.dtype(temperature.dtype), np.number) \
+                or np.issubdtype(np.dtype(temperature.dtype), np.complexfloating):
+            raise ValueError(f"temperature must be a real number, got dtype "
+                             f"{temperature.dtype}")
+        if not is_concrete(temperature):
+            return
+    elif not isinstance(temperature, int | float | np.number) or isinstance(temperature, complex):
+        raise ValueError(f"temperature must be a float > 0, got {type(temperature).__name__}")
+    value = float(temperature)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be > 0 and finite, got {value!r}")
+
+
 def check_x(model, x, name: str = "x") -> None:
-    """Raises ValueError unless x is an int array `[batch, *event_shape]` in range."""
-    shape = tuple(getattr(x, "shape", ()))
+    """Raises ValueError unless x is an int array `[batch, *event_shape]` in range,
+    with batch >= 1."""
+    check_array(name, x)
+    shape = tuple(x.shape)
     want = "[batch, " + ", ".join(map(str, model.event_shape)) + "]"
     if len(shape) != len(model.event_shape) + 1 or shape[1:] != tuple(model.event_shape):
         raise ValueError(f"{name} must have shape {want}, got {list(shape)}")
+    if shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one example, got a batch of 0 "
+                         f"(shape {list(shape)})")
     if not np.issubdtype(np.dtype(x.dtype), np.integer):
         raise ValueError(f"{name} must be an integer array, got dtype {x.dtype}")
     if is_concrete(x) and x.size:
@@ -57,7 +103,8 @@ def check_labels(model, labels, batch: int | None) -> None:
             f"labels are required: this model is class-conditional "
             f"(model.num_classes == {model.num_classes})"
         )
-    shape = tuple(getattr(labels, "shape", ()))
+    check_array("labels", labels)
+    shape = tuple(labels.shape)
     if batch is not None and shape != (batch,):
         raise ValueError(f"labels must have shape [{batch}], got {list(shape)}")
     if not np.issubdtype(np.dtype(labels.dtype), np.integer):
@@ -79,9 +126,14 @@ def check_cond(model, cond, batch: int | None) -> None:
         return
     if cond is None:
         raise ValueError(f"cond is required: a float map of shape [batch, {cond_shape}]")
-    shape = tuple(getattr(cond, "shape", ()))
+    check_array("cond", cond)
+    shape = tuple(cond.shape)
     if shape[1:] != cond_shape or (batch is not None and shape[0] != batch):
         raise ValueError(f"cond must have shape [batch, *{cond_shape}], got {list(shape)}")
+    if is_concrete(cond) and np.issubdtype(np.dtype(cond.dtype), np.inexact):
+        bad = int(np.size(cond) - np.count_nonzero(np.isfinite(np.asarray(cond))))
+        if bad:
+            raise ValueError(f"cond must be finite, got {bad} NaN or infinite value(s)")
 
 
 def check_inputs(model, x, labels=None, cond=None) -> None:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, common
+from jaxar.models import base, configs
 from jaxar.nn import layers
 
 
@@ -137,6 +137,10 @@ class MADE(base.Model):
             return {"mask_index": jax.random.randint(rng, (), 0, self.num_masks)}
         return {}
 
+    @property
+    def ensemble_size(self) -> int:
+        return self.num_masks
+
     @nn.nowrap
     def ensemble_log_prob(self, variables, x, labels, num_members: int):
         """Test-time ensemble: log of the mean probability of x over the first
@@ -181,16 +185,21 @@ class MADE(base.Model):
         return base.Decoder((pre, zeros), step, start_block=start)
 
 
-def from_config(model_cfg, shape, num_levels) -> MADE:
-    return MADE(
-        event_shape=common.check_event_shape("made", shape, (1, 2, 3)),
-        num_levels=num_levels,
-        likelihood_name=model_cfg.get(
-            "likelihood", "bernoulli" if num_levels == 2 else "categorical"
-        ),
-        hidden=tuple(model_cfg.get("hidden", (512, 512, 512))),
-        ordering_name=model_cfg.get("ordering", "raster"),
-        num_masks=model_cfg.get("num_masks", 1),
-        mask_seed=model_cfg.get("mask_seed", 0),
-        num_classes=model_cfg.get("num_classes", 0),
-    )
+def check_config(f: dict, given: frozenset) -> None:
+    """MADE's value checks on the resolved fields (`jaxar.models.configs`)."""
+    if "likelihood_name" not in given and f["num_levels"] != 2:
+        f["likelihood_name"] = "categorical"  # the default, bernoulli, is for binary data
+    if f["ordering_name"] not in ("raster", "random"):
+        raise ValueError(
+            f"model.ordering for made must be 'raster' or 'random', got {f['ordering_name']!r}"
+        )
+    if not f["hidden"]:
+        raise ValueError("model.hidden must give at least one hidden layer width, got ()")
+
+
+configs.register(MADE, configs.Spec(
+    event_ndim=(1, 2, 3),
+    aliases={"likelihood": "likelihood_name", "ordering": "ordering_name"},
+    positive=("hidden", "num_masks"),
+    check=check_config,
+))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from jaxar import distributions
-from jaxar.models import base, common, decoding
+from jaxar.models import base, configs, decoding
 from jaxar.nn import fast_conv, layers
 
 
@@ -107,37 +107,31 @@ def _add_label_bias(h, label_BK):
     return h + nn.Dense(h.shape[-1], use_bias=False)(label_BK)[:, None, None, :]
 
 
-def from_config(model_cfg, shape, num_levels) -> PixelCNN:
-    shape = common.check_event_shape("pixelcnn", shape, 3)
-    architecture = model_cfg.get("architecture", "residual")
-    if architecture not in ("residual", "plain"):
-        raise ValueError(f"model.architecture must be 'residual' or 'plain', got {architecture!r}")
-    norm = model_cfg.get("norm", "none")
-    if norm not in ("none", "batch"):
-        raise ValueError(f"model.norm must be 'none' or 'batch', got {norm!r}")
-    dilations = tuple(model_cfg.get("dilations", (1, 2, 1, 3, 1, 2, 1)))
-    num_layers = model_cfg.get("num_layers", len(dilations))
-    if architecture == "residual" and num_layers > len(dilations):
+def check_config(f: dict, given: frozenset) -> None:
+    """PixelCNN's value checks on the resolved fields (`jaxar.models.configs`)."""
+    if f["architecture"] not in ("residual", "plain"):
         raise ValueError(
-            f"model.num_layers={num_layers} needs as many model.dilations, got {dilations}"
+            f"model.architecture must be 'residual' or 'plain', got {f['architecture']!r}"
+        )
+    if f["norm"] not in ("none", "batch"):
+        raise ValueError(f"model.norm must be 'none' or 'batch', got {f['norm']!r}")
+    if "num_layers" not in given:  # one residual block per dilation
+        f["num_layers"] = len(f["dilations"])
+    if f["architecture"] == "residual" and f["num_layers"] > len(f["dilations"]):
+        raise ValueError(
+            f"model.num_layers={f['num_layers']} needs as many model.dilations, "
+            f"got {f['dilations']}"
         )
     layers.check_kernel_sizes(
-        [model_cfg.get("kernel_size", 3), model_cfg.get("input_kernel_size", 7)],
-        "model.kernel_size / model.input_kernel_size",
+        [f["kernel_size"], f["input_kernel_size"]], "model.kernel_size / model.input_kernel_size"
     )
-    return PixelCNN(
-        event_shape=shape,
-        num_levels=num_levels,
-        likelihood_name=model_cfg.get("likelihood", "categorical"),
-        architecture=architecture,
-        features=model_cfg.get("features", 64),
-        num_layers=num_layers,
-        kernel_size=model_cfg.get("kernel_size", 3),
-        input_kernel_size=model_cfg.get("input_kernel_size", 7),
-        dilations=dilations,
-        head_features=model_cfg.get("head_features", 128),
-        norm=norm,
-        num_classes=model_cfg.get("num_classes", 0),
-        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
-    )
+    fast_conv.check_impl(f["conv_impl"])
+
+
+configs.register(PixelCNN, configs.Spec(
+    event_ndim=3,
+    aliases={"likelihood": "likelihood_name"},
+    positive=("features", "kernel_size", "input_kernel_size", "dilations", "head_features"),
+    check=check_config,
+))
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxar import distributions
-from jaxar.models import base, common, pixelcnn_pp_cache
+from jaxar.models import base, configs, pixelcnn_pp_cache
 from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
 
@@ -41,36 +41,70 @@ class PixelCNNPP(base.Model):
             "dmol", self.num_levels, self.num_mixtures, self.event_shape[-1]
         )
 
+    @nn.nowrap
+    def layer_names(self) -> dict:
+        """The name of every layer, by role: the one table `__call__` names its layers
+        from and the cached decoder (`jaxar.models.pixelcnn_pp_cache`) reads them by.
+
+        {"u_in", "ul_above", "ul_left", "out"} and, per resolution l (the image halved
+        l times), `up[l]` / `down[l]`: "u_res" / "ul_res" (the gated resnets of the up
+        and down passes, in order) and "u_conv" / "ul_conv" (the stride-2 layer into l
+        on the way up, l > 0; the transposed one into l on the way down, l < last).
+        Names: `u_in`, `up1_u_conv`, `up0_ul_res2`, `down0_ul_conv`, `down1_u_res0`, ...
+        """
+        res, nr = self.num_resolutions, self.num_resnets
+
+        def level(where, lvl, num_resnets, has_conv):
+            names = {f"{s}_res": [f"{where}{lvl}_{s}_res{k}" for k in range(num_resnets)]
+                     for s in ("u", "ul")}
+            if has_conv:
+                names.update(u_conv=f"{where}{lvl}_u_conv", ul_conv=f"{where}{lvl}_ul_conv")
+            return names
+
+        return {
+            "u_in": "u_in", "ul_above": "ul_above", "ul_left": "ul_left", "out": "out",
+            "up": [level("up", lvl, nr, lvl > 0) for lvl in range(res)],
+            "down": [level("down", lvl, nr + (lvl < res - 1), lvl < res - 1)
+                     for lvl in range(res)],
+        }
+
     @nn.compact
     def __call__(self, x, labels=None, cond=None, train: bool = False):
         """Mixture parameters `[B, H, W, F]`, one vector per pixel."""
         del cond
+        names = self.layer_names()
         label_BK = layers.one_hot_labels(labels, self.num_classes)
         _, x_pad = sl.pixel_inputs(x, self.num_levels)
         impl = self.conv_impl
-        resnet = lambda conv: sl.GatedResnet(conv, self.dropout_rate, conv_impl=impl)
+        resnet = lambda conv, name: sl.GatedResnet(conv, self.dropout_rate, conv_impl=impl,
+                                                   name=name)
         f = self.features
 
-        u_list = [layers.down_shift(sl.down_shifted_conv(f, (2, 3), conv_impl=impl)(x_pad))]
-        ul_list = [sl.up_left_stream(x_pad, f, impl)]
-        for level in range(self.num_resolutions):
+        u_in = sl.down_shifted_conv(f, conv_impl=impl, name=names["u_in"])
+        u_list = [layers.down_shift(u_in(x_pad))]
+        ul_list = [sl.up_left_stream(x_pad, f, impl, (names["ul_above"], names["ul_left"]))]
+        for level, up in enumerate(names["up"]):
             if level:
-                u_list.append(sl.down_shifted_conv(f, strides=2)(u_list[-1]))
-                ul_list.append(sl.down_right_shifted_conv(f, strides=2)(ul_list[-1]))
-            for _ in range(self.num_resnets):
-                u_list.append(resnet("down")(u_list[-1], None, label_BK, train))
-                ul_list.append(resnet("down_right")(ul_list[-1], u_list[-1], label_BK, train))
+                u_list.append(sl.down_shifted_conv(f, strides=2, name=up["u_conv"])(u_list[-1]))
+                ul_list.append(
+                    sl.down_right_shifted_conv(f, strides=2, name=up["ul_conv"])(ul_list[-1]))
+            for u_name, ul_name in zip(up["u_res"], up["ul_res"], strict=True):
+                u_list.append(resnet("down", u_name)(u_list[-1], None, label_BK, train))
+                ul_list.append(
+                    resnet("down_right", ul_name)(ul_list[-1], u_list[-1], label_BK, train))
 
         u, ul = u_list.pop(), ul_list.pop()
-        for level in range(self.num_resolutions):
-            if level:
-                u = sl.down_shifted_conv_transpose(f)(u)
-                ul = sl.down_right_shifted_conv_transpose(f)(ul)
-            for _ in range(self.num_resnets + (level > 0)):
-                u = resnet("down")(u, u_list.pop(), label_BK, train)
+        for level in reversed(range(self.num_resolutions)):
+            down = names["down"][level]
+            if "u_conv" in down:
+                u = sl.down_shifted_conv_transpose(f, name=down["u_conv"])(u)
+                ul = sl.down_right_shifted_conv_transpose(f, name=down["ul_conv"])(ul)
+            for u_name, ul_name in zip(down["u_res"], down["ul_res"], strict=True):
+                u = resnet("down", u_name)(u, u_list.pop(), label_BK, train)
                 skip = jnp.concatenate([u, ul_list.pop()], axis=-1)
-                ul = resnet("down_right")(ul, skip, label_BK, train)
-        return sl.WNDense(self.likelihood.num_params())(jax.nn.elu(ul))
+                ul = resnet("down_right", ul_name)(ul, skip, label_BK, train)
+        assert not u_list and not ul_list  # every up-pass output fed one down-pass resnet
+        return sl.WNDense(self.likelihood.num_params(), name=names["out"])(jax.nn.elu(ul))
 
     @nn.nowrap
     def decoder(self, variables, labels, cond, batch):
@@ -79,30 +113,26 @@ class PixelCNNPP(base.Model):
         return pixelcnn_pp_cache.decoder(self, variables, labels, cond, batch)
 
 
-def from_config(model_cfg, shape, num_levels) -> PixelCNNPP:
-    shape = common.check_event_shape("pixelcnn_pp", shape, 3)
-    num_resolutions = model_cfg.get("num_resolutions", 3)
+def check_config(f: dict, given: frozenset) -> None:
+    """PixelCNN++'s value checks on the resolved fields (`jaxar.models.configs`)."""
+    del given
+    shape, num_resolutions = f["event_shape"], f["num_resolutions"]
     factor = 2 ** (num_resolutions - 1)
-    if num_resolutions < 1 or shape[0] % factor or shape[1] % factor:
+    if shape[0] % factor or shape[1] % factor:
         raise ValueError(
             f"model.num_resolutions={num_resolutions} halves the image {num_resolutions - 1} "
             f"times: data.shape {shape} needs height and width divisible by {factor}"
         )
-    likelihood = model_cfg.get("likelihood", "dmol")
-    if likelihood != "dmol":
-        raise ValueError(f"model.likelihood for pixelcnn_pp must be 'dmol', got {likelihood!r}")
-    check_dropout_rate(model_cfg.get("dropout_rate", 0.5))
-    return PixelCNNPP(
-        event_shape=shape,
-        num_levels=num_levels,
-        features=model_cfg.get("features", 160),
-        num_resnets=model_cfg.get("num_resnets", 5),
-        num_resolutions=num_resolutions,
-        num_mixtures=model_cfg.get("num_mixtures", 10),
-        dropout_rate=model_cfg.get("dropout_rate", 0.5),
-        num_classes=model_cfg.get("num_classes", 0),
-        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
-    )
+    check_dropout_rate(f["dropout_rate"])
+    fast_conv.check_impl(f["conv_impl"])
+
+
+configs.register(PixelCNNPP, configs.Spec(
+    event_ndim=3,
+    fixed={"likelihood": "dmol"},  # a discretized logistic mixture only
+    positive=("features", "num_resolutions", "num_mixtures"),
+    check=check_config,
+))
 
 
 def check_dropout_rate(rate) -> None:

@@ -22,18 +22,17 @@ dilated) as its convolution pads it, so a position's output is the layer's
 ordinary VALID convolution of a kernel-sized window, and a row's that of a
 2-row strip. The network output at a pixel does not see the pixel, so it is
 computed once per pixel and all its channels are drawn from it
-(`pixelwise_sample`).
+(`decoding.pixel_decoder(..., per_pixel=True)`).
 
-`Decoder` restates `PixelCNNPP.__call__` over the model's own parameter tree:
-a change there needs the same change here, which
-`tests/test_cached_sampling_pp.py` enforces (cached == naive samples, and
-per-pixel parameters equal to a full forward pass).
+`Decoder` restates `PixelCNNPP.__call__` over the model's own parameter tree,
+reading every layer's name from `PixelCNNPP.layer_names` (the table the model
+names its layers from), the weight-norm arithmetic (`sl.wn_conv_window`,
+`sl.wn_dense`) and every layer's padding (`sl.Geometry`) from
+`jaxar.nn.shifted_layers`; `tests/test_cached_sampling_pp.py` checks that it
+reads every parameter and computes what a full forward pass computes.
 """
 
 from __future__ import annotations
-
-import collections
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -42,107 +41,29 @@ from jaxar.models import decoding
 from jaxar.nn import layers
 from jaxar.nn import shifted_layers as sl
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """How a convolution pads (and dilates) its input: its input map's layout.
-
-    An input position (a, b) sits at (top + dilation a, left + dilation b) of
-    the map; output position (r, c) is the VALID convolution of the kernel-sized
-    window at (stride r, stride c), output row r that of the kh-row strip.
-    """
-
-    kh: int
-    kw: int
-    top: int
-    left: int
-    right: int
-    bottom: int = 0
-    dilation: int = 1
-    stride: int = 1
-
-    def shape(self, batch, height, width, channels):
-        rows = self.top + self.dilation * (height - 1) + 1 + self.bottom
-        cols = self.left + self.dilation * (width - 1) + 1 + self.right
-        return (batch, rows, cols, channels)
-
-
-DOWN = Geometry(2, 3, 1, 1, 1)  # sl.down_shifted_conv
-DOWN_RIGHT = Geometry(2, 2, 1, 1, 0)  # sl.down_right_shifted_conv
-DOWN_STRIDE2 = Geometry(2, 3, 1, 1, 1, stride=2)
-DOWN_RIGHT_STRIDE2 = Geometry(2, 2, 1, 1, 0, stride=2)
-DOWN_TRANSPOSE = Geometry(2, 3, 1, 1, 2, bottom=1, dilation=2)  # sl.down_shifted_conv_transpose
-DOWN_RIGHT_TRANSPOSE = Geometry(2, 2, 1, 1, 1, bottom=1, dilation=2)
-# The image map (x with its channel of ones), shared by the three input layers.
-IMAGE = Geometry(2, 3, 1, 1, 1)
-
-
-def _wn_kernel(v):
-    """Weight norm's direction, as `sl.WNConv` / `sl.WNDense` compute it."""
-    return v * jax.lax.rsqrt(jnp.sum(v * v, axis=tuple(range(v.ndim - 1))))
-
-
-def _conv(p, window, strides=(1, 1)):
-    kernel = _wn_kernel(p["v"])
-    if window.shape[1:3] == kernel.shape[:2]:  # one position: a matrix product
-        batch, features = window.shape[0], kernel.shape[-1]
-        y = (window.reshape(batch, -1) @ kernel.reshape(-1, features)).reshape(batch, 1, 1, -1)
-    else:
-        y = jax.lax.conv_general_dilated(window, kernel, strides, "VALID", dimension_numbers=_DIMS)
-    return y * p["g"] + p["b"]
-
-
-def _dense(p, x):
-    return (x @ _wn_kernel(p["v"])) * p["g"] + p["b"]
-
-
-def layout(model):
-    """Parameter names of `PixelCNNPP.__call__`'s layers, in its creation order.
-
-    {"u0", "ul_above", "ul_left", "out"} and, per resolution l, `up[l]` / `down[l]`:
-    "u_res" / "ul_res" (gated resnets) and "u_conv" / "ul_conv" (the stride-2
-    layer into l on the way up, the transposed one into l on the way down).
-    """
-    counts = collections.Counter()
-
-    def name(kind):
-        counts[kind] += 1
-        return f"{kind}_{counts[kind] - 1}"
-
-    res, nr = model.num_resolutions, model.num_resnets
-    names = {"u0": name("WNConv"), "ul_above": name("WNConv"), "ul_left": name("WNConv")}
-    up = [{"u_res": [], "ul_res": []} for _ in range(res)]
-    down = [{"u_res": [], "ul_res": []} for _ in range(res)]
-    for level in range(res):
-        if level:
-            up[level]["u_conv"], up[level]["ul_conv"] = name("WNConv"), name("WNConv")
-        for _ in range(nr):
-            up[level]["u_res"].append(name("GatedResnet"))
-            up[level]["ul_res"].append(name("GatedResnet"))
-    for step in range(res):
-        level = res - 1 - step
-        if step:
-            down[level]["u_conv"], down[level]["ul_conv"] = name("WNConv"), name("WNConv")
-        for _ in range(nr + (step > 0)):
-            down[level]["u_res"].append(name("GatedResnet"))
-            down[level]["ul_res"].append(name("GatedResnet"))
-    names["out"] = name("WNDense")
-    return names, up, down
+U_IN = sl.down_geometry()  # the u stream's input layer, `sl.down_shifted_conv(f)`
+# The image map (x with its channel of ones) that the three input layers read.
+IMAGE = sl.covering(U_IN, sl.UP_LEFT_ABOVE, sl.UP_LEFT_LEFT)
+DOWN, DOWN_RIGHT = sl.RESNET_GEOMETRIES["down"], sl.RESNET_GEOMETRIES["down_right"]
+DOWN_STRIDE2 = sl.down_geometry(strides=2)  # the up pass's `sl.down_shifted_conv(f, strides=2)`
+DOWN_RIGHT_STRIDE2 = sl.down_right_geometry(strides=2)
+DOWN_TRANSPOSE = sl.down_transpose_geometry()
+DOWN_RIGHT_TRANSPOSE = sl.down_right_transpose_geometry()
 
 
 class Layers:
     """The shifted layers of `jaxar.nn.shifted_layers` run at one row or position from maps.
 
-    State: a dict of maps, one per convolution (its padded input, key: the layer's
-    name), plus whatever the model's decoder keeps. With `build=True` every branch
-    runs unconditionally and missing maps are created (zeros): a `Steps` builder
-    traces it once, abstractly, for the state's shapes.
+    State: a dict of maps, one per convolution (its input map, `sl.Geometry`; key:
+    the layer's name), plus whatever the model's decoder keeps. Layer names come
+    from `model.layer_names()`. With `build=True` every branch runs unconditionally
+    and missing maps are created (zeros): the decoder traces it once, abstractly,
+    for the state's shapes.
     """
 
     def __init__(self, model, params, labels, batch, build=False):
         self.model, self.params, self.batch, self.build = model, params, batch, build
+        self.names = model.layer_names()
         self.label_BK = layers.one_hot_labels(labels, model.num_classes)
         self.f = sl.NONLINEARITIES[getattr(model, "nonlinearity", "concat_elu")]
 
@@ -152,13 +73,13 @@ class Layers:
         if key not in s:
             if not self.build:
                 raise KeyError(f"no map {key!r}: build the state first")
-            s[key] = jnp.zeros(geom.shape(self.batch, *size, channels), jnp.float32)
+            s[key] = jnp.zeros(geom.map_shape(self.batch, *size, channels), jnp.float32)
         return s[key]
 
     def write_pos(self, s, key, geom, size, value_B11C, a, b):
         """Writes the input of the layer reading map `key` at its position (a, b)."""
         m = self._map(s, key, geom, size, value_B11C.shape[-1])
-        start = (0, geom.top + geom.dilation * a, geom.left + geom.dilation * b, 0)
+        start = (0, *geom.input_at(a, b), 0)
         s[key] = jax.lax.dynamic_update_slice(m, value_B11C.astype(m.dtype), start)
 
     def write_row(self, s, key, geom, size, value_B1WC, a):
@@ -168,22 +89,28 @@ class Layers:
             interior = geom.dilation - 1
             config = [(0, 0, 0), (0, 0, 0), (0, 0, interior), (0, 0, 0)]
             value_B1WC = jax.lax.pad(value_B1WC, jnp.zeros((), value_B1WC.dtype), config)
-        start = (0, geom.top + geom.dilation * a, geom.left, 0)
+        start = (0, *geom.input_at(a, 0), 0)
         s[key] = jax.lax.dynamic_update_slice(m, value_B1WC.astype(m.dtype), start)
 
-    def conv_pos(self, s, key, geom, p, r, c):
-        """Output (r, c) `[B, 1, 1, O]` of the layer with parameters p reading map `key`."""
+    def conv_pos(self, s, key, geom, p, r, c, map_geom=None):
+        """Output (r, c) `[B, 1, 1, O]` of the layer of `geom` with parameters p reading
+        map `key` (laid out by `map_geom` if it is a larger map several layers share)."""
         m = s[key]
+        dr, dc = sl.offset(geom, map_geom or geom)
+        row, col = geom.window_at(r, c)
         size = (self.batch, geom.kh, geom.kw, m.shape[-1])
-        window = jax.lax.dynamic_slice(m, (0, geom.stride * r, geom.stride * c, 0), size)
-        return _conv(p, window)
+        return sl.wn_conv_window(p, jax.lax.dynamic_slice(m, (0, row + dr, col + dc, 0), size))
 
-    def conv_row(self, s, key, geom, p, r):
-        """Output row r `[B, 1, W, O]` of the layer with parameters p reading map `key`."""
+    def conv_row(self, s, key, geom, p, r, map_geom=None):
+        """Output row r `[B, 1, W, O]` of the layer of `geom` with parameters p reading
+        map `key` (laid out by `map_geom`, as in `conv_pos`)."""
         m = s[key]
-        size = (self.batch, geom.kh, m.shape[2], m.shape[-1])
-        strip = jax.lax.dynamic_slice(m, (0, geom.stride * r, 0, 0), size)
-        return _conv(p, strip, (1, geom.stride))
+        map_geom = map_geom or geom
+        dr, dc = sl.offset(geom, map_geom)
+        cols = m.shape[2] - dc - (map_geom.right - geom.right)
+        size = (self.batch, geom.kh, cols, m.shape[-1])
+        strip = jax.lax.dynamic_slice(m, (0, geom.window_at(r, 0)[0] + dr, dc, 0), size)
+        return sl.wn_conv_window(p, strip, (1, geom.stride))
 
     def when(self, pred, fn, s):
         """`fn(s)` if pred else s; only the maps fn changes go through the `lax.cond`
@@ -206,29 +133,32 @@ class Layers:
         sub = jax.lax.cond(pred, run, lambda sub: sub, {k: s[k] for k in changed})
         return {**s, **sub}
 
-    def up_left(self, x_pad, above_name, left_name, i, j):
-        """`sl.up_left_stream` at pixel (i, j), from the image map `x_pad` (`image_map`)."""
-        s = {"image": x_pad}
-        above = self.conv_pos(s, "image", Geometry(1, 3, 0, 0, 0), self.params[above_name], i, j)
-        left = self.conv_pos(s, "image", Geometry(2, 1, 0, 0, 0), self.params[left_name], i, j)
-        # The map's rows and columns are shifted by its padding: window (i, j) of the 1x3
-        # layer is its output (i - 1, j), window (i, j) of the 2x1 layer its output (i, j - 1).
-        return jnp.where(i > 0, above, 0.0) + jnp.where(j > 0, left, 0.0)  # the shifts' zeros
+    # -- layers ----------------------------------------------------------------------------
+
+    def up_left(self, x_map, i, j):
+        """`sl.up_left_stream` at pixel (i, j), from the image map (`image_map`)."""
+        s = {"image": x_map}
+        p_above, p_left = self.params[self.names["ul_above"]], self.params[self.names["ul_left"]]
+        # layers.down_shift / right_shift: pixel (i, j) reads output (i - 1, j) of the 1x3
+        # layer and output (i, j - 1) of the 2x1 layer, zeros in the first row / column.
+        above = self.conv_pos(s, "image", sl.UP_LEFT_ABOVE, p_above, jnp.maximum(i - 1, 0), j,
+                              IMAGE)
+        left = self.conv_pos(s, "image", sl.UP_LEFT_LEFT, p_left, i, jnp.maximum(j - 1, 0),
+                             IMAGE)
+        return jnp.where(i > 0, above, 0.0) + jnp.where(j > 0, left, 0.0)
 
     def resnet_nin(self, name, x, aux=None):
         """`sl.GatedResnet("nin")`: pointwise."""
         p = self.params[name]
-        h = _dense(p["conv_in"], self.f(x))
+        h = sl.wn_dense(p["conv_in"], self.f(x))
         if aux is not None:
-            h = h + _dense(p["aux_in"], self.f(aux))
-        return self._gate(name, x, _dense(p["gate_out"], self.f(h)))
+            h = h + sl.wn_dense(p["aux_in"], self.f(aux))
+        return self._gate(name, x, sl.wn_dense(p["gate_out"], self.f(h)))
 
     def _gate(self, name, x, h):
-        p = self.params[name]
         if self.label_BK is not None:
-            h = h + (self.label_BK @ p["Dense_0"]["kernel"])[:, None, None, :]
-        a, b = jnp.split(h, 2, axis=-1)
-        return x + a * jax.nn.sigmoid(b)
+            h = h + (self.label_BK @ self.params[name]["label_bias"]["kernel"])[:, None, None, :]
+        return sl.gate(x, h)
 
     def resnet_row(self, s, name, size, x, aux, a):
         """`sl.GatedResnet("down")` at row a of a map of `size` (x, aux: `[B, 1, W, F]`)."""
@@ -236,7 +166,7 @@ class Layers:
         self.write_row(s, name + "/conv_in", DOWN, size, self.f(x), a)
         h = self.conv_row(s, name + "/conv_in", DOWN, p["conv_in"], a)
         if aux is not None:
-            h = h + _dense(p["aux_in"], self.f(aux))
+            h = h + sl.wn_dense(p["aux_in"], self.f(aux))
         self.write_row(s, name + "/gate_out", DOWN, size, self.f(h), a)
         return self._gate(name, x, self.conv_row(s, name + "/gate_out", DOWN, p["gate_out"], a))
 
@@ -246,7 +176,7 @@ class Layers:
         self.write_pos(s, name + "/conv_in", DOWN_RIGHT, size, self.f(x), a, b)
         h = self.conv_pos(s, name + "/conv_in", DOWN_RIGHT, p["conv_in"], a, b)
         if aux is not None:
-            h = h + _dense(p["aux_in"], self.f(aux))
+            h = h + sl.wn_dense(p["aux_in"], self.f(aux))
         self.write_pos(s, name + "/gate_out", DOWN_RIGHT, size, self.f(h), a, b)
         gate = self.conv_pos(s, name + "/gate_out", DOWN_RIGHT, p["gate_out"], a, b)
         return self._gate(name, x, gate)
@@ -261,18 +191,18 @@ class Decoder(Layers):
 
     def __init__(self, model, params, labels, batch, build=False):
         super().__init__(model, params, labels, batch, build)
-        self.names, self.up, self.down = layout(model)
+        self.up, self.down = self.names["up"], self.names["down"]
         height, width, _ = model.event_shape
         self.sizes = [(height >> level, width >> level) for level in range(model.num_resolutions)]
 
     # -- u stream: rows --------------------------------------------------------------------
 
-    def start_row(self, s, x_pad, i):
+    def start_row(self, s, x_map, i):
         """Computes every u row that becomes final at image row i."""
         s = dict(s)
-        s["image"] = x_pad
+        s["image"] = x_map
         r = jnp.maximum(i - 1, 0)
-        row = self.conv_row(s, "image", IMAGE, self.params[self.names["u0"]], r)
+        row = self.conv_row(s, "image", U_IN, self.params[self.names["u_in"]], r, IMAGE)
         u0 = jnp.where(i > 0, row, 0.0)  # layers.down_shift
         s = self._u_level(s, 0, i, u0)
         del s["image"]
@@ -312,12 +242,12 @@ class Decoder(Layers):
 
     # -- ul stream: positions --------------------------------------------------------------
 
-    def pixel(self, s, x_pad, i, j):
+    def pixel(self, s, x_map, i, j):
         """Mixture parameters `[B, 1, 1, F]` of pixel (i, j), computing every ul position
         that becomes final there."""
-        ul = self.up_left(x_pad, self.names["ul_above"], self.names["ul_left"], i, j)
+        ul = self.up_left(x_map, i, j)
         s, ul = self._ul_level(dict(s), 0, i, j, ul)
-        out = _dense(self.params[self.names["out"]], jax.nn.elu(ul))
+        out = sl.wn_dense(self.params[self.names["out"]], jax.nn.elu(ul))
         return out, s
 
     def _ul_level(self, s, level, a, b, ul):
@@ -358,7 +288,7 @@ class Decoder(Layers):
 def image_map(model, x_BHWC):
     """x in [-1, 1] with its channel of ones (`sl.pixel_inputs`), zero-padded as `IMAGE`."""
     _, x_pad = sl.pixel_inputs(x_BHWC, model.num_levels)
-    return jnp.pad(x_pad, ((0, 0), (IMAGE.top, 0), (IMAGE.left, IMAGE.right), (0, 0)))
+    return jnp.pad(x_pad, ((0, 0), *IMAGE.padding, (0, 0)))
 
 
 def decoder(model, variables, labels, cond, batch):
@@ -378,9 +308,9 @@ def decoder(model, variables, labels, cond, batch):
 
     def build():
         decoder = Decoder(model, params, labels, batch, build=True)
-        x_pad = image_map(model, x_BHWC)
-        state = decoder.start_row({}, x_pad, 0)
-        return decoder.pixel(state, x_pad, 0, 0)[1]
+        x_map = image_map(model, x_BHWC)
+        state = decoder.start_row({}, x_map, 0)
+        return decoder.pixel(state, x_map, 0, 0)[1]
 
     state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(build))
     return decoding.pixel_decoder(model, state, pixel_params, start_row, per_pixel=True)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, common, pixelsnail_cache
+from jaxar.models import base, configs, pixelsnail_cache
 from jaxar.models.pixelcnn_pp import check_dropout_rate
 from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
@@ -137,86 +137,107 @@ class PixelSNAIL(base.Model):
         channels = self.event_shape[-1]
         return self.pixel_steps()[..., None] * channels + np.arange(channels)
 
+    @nn.nowrap
+    def is_raster(self) -> bool:
+        """Raster ordering: the up-left stream and spatial gated resnets (else all 1x1)."""
+        steps = self.pixel_steps()
+        return bool(np.array_equal(steps, base.raster_ordering(steps.shape)))
+
+    @nn.nowrap
+    def background(self) -> np.ndarray:
+        """Row and column positions in [-1/2, 1/2), `[H, W, 2]`, as in the released code."""
+        height, width, _ = self.event_shape
+        rows = (np.arange(height) - height / 2) / height
+        cols = (np.arange(width) - width / 2) / width
+        return np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).astype(np.float32)
+
+    @nn.nowrap
+    def layer_names(self) -> dict:
+        """The name of every layer, by role: the one table `__call__` names its layers
+        from and the cached decoder (`jaxar.models.pixelsnail_cache`) reads them by.
+
+        The stream's input: {"ul_above", "ul_left"} (raster: `sl.up_left_stream`) or
+        {"shift_in"} (any other ordering: the previous pixel through a 1x1 layer);
+        "out"; and per block b `blocks[b]`: "res" (its gated resnets, in order),
+        "content", "kv", "query_res", "query" and "out" (the gated resnet taking the
+        attention). Names: `ul_above`, `shift_in`, `block0_res1`, `block2_kv`, ...
+        """
+        names = {"ul_above": "ul_above", "ul_left": "ul_left"} if self.is_raster() else {
+            "shift_in": "shift_in"}
+        names["blocks"] = [
+            {"res": [f"block{b}_res{k}" for k in range(self.num_resnets)],
+             **{role: f"block{b}_{role}" for role in ("content", "kv", "query_res", "query",
+                                                       "out")}}
+            for b in range(self.num_blocks)
+        ]
+        names["out"] = "out"
+        return names
+
     @nn.compact
     def __call__(self, x, labels=None, cond=None, train: bool = False):
         """Mixture parameters `[B, H, W, F]`, one vector per pixel."""
         del cond
+        names = self.layer_names()
         steps = self.pixel_steps()
         label_BK = layers.one_hot_labels(labels, self.num_classes)
         x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
-        background = _background(x.shape)
-        if np.array_equal(steps, base.raster_ordering(steps.shape)):
-            ul, conv = sl.up_left_stream(x_pad, self.features, self.conv_impl), "down_right"
+        background = jnp.broadcast_to(self.background(), (*x.shape[:-1], 2))
+        if self.is_raster():
+            ul = sl.up_left_stream(x_pad, self.features, self.conv_impl,
+                                   (names["ul_above"], names["ul_left"]))
+            conv = "down_right"
         else:
-            ul, conv = sl.WNDense(self.features)(shift_in_order(x_pad, steps)), "nin"
-        resnet = lambda kind: sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity,
-                                             self.conv_impl)
-        for _ in range(self.num_blocks):
-            for _ in range(self.num_resnets):
-                ul = resnet(conv)(ul, None, label_BK, train)
+            ul = sl.WNDense(self.features, name=names["shift_in"])(shift_in_order(x_pad, steps))
+            conv = "nin"
+        resnet = lambda kind, name: sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity,
+                                                   self.conv_impl, name=name)
+        for block in names["blocks"]:
+            for name in block["res"]:
+                ul = resnet(conv, name)(ul, None, label_BK, train)
             content = jnp.concatenate([x_in, ul, background], axis=-1)
-            content = resnet("nin")(content, None, label_BK, train)
-            kv = sl.WNDense(self.key_features + self.value_features)(content)
-            query = resnet("nin")(jnp.concatenate([ul, background], -1), None, label_BK, train)
-            query = sl.WNDense(self.key_features)(query)
+            content = resnet("nin", block["content"])(content, None, label_BK, train)
+            kv = sl.WNDense(self.key_features + self.value_features, name=block["kv"])(content)
+            query = jnp.concatenate([ul, background], -1)
+            query = resnet("nin", block["query_res"])(query, None, label_BK, train)
+            query = sl.WNDense(self.key_features, name=block["query"])(query)
             key, value = kv[..., : self.key_features], kv[..., self.key_features :]
             attended = causal_attention(query, key, value, steps, self.num_heads)
-            ul = resnet("nin")(ul, attended, label_BK, train)
-        return sl.WNDense(self.likelihood.num_params())(jax.nn.elu(ul))
+            ul = resnet("nin", block["out"])(ul, attended, label_BK, train)
+        return sl.WNDense(self.likelihood.num_params(), name=names["out"])(jax.nn.elu(ul))
 
     @nn.nowrap
     def decoder(self, variables, labels, cond, batch):
-        """Cached decoding (`jaxar.models.pixelsnail_cache`), raster ordering only (for now)."""
+        """Cached decoding in any ordering (`jaxar.models.pixelsnail_cache`)."""
         return pixelsnail_cache.decoder(self, variables, labels, cond, batch)
 
 
-def _background(shape) -> jax.Array:
-    """Row and column positions in [-1/2, 1/2), `[B, H, W, 2]`, as in the released code."""
-    batch, height, width, _ = shape
-    rows = (np.arange(height) - height / 2) / height
-    cols = (np.arange(width) - width / 2) / width
-    grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).astype(np.float32)
-    return jnp.broadcast_to(grid, (batch, height, width, 2))
-
-
-def from_config(model_cfg, shape, num_levels) -> PixelSNAIL:
-    shape = common.check_event_shape("pixelsnail", shape, 3)
-    ordering = model_cfg.get("ordering", "raster")
-    pixel_order = tuple(int(i) for i in model_cfg.get("pixel_order", ()) or ())
+def check_config(f: dict, given: frozenset) -> None:
+    """PixelSNAIL's value checks on the resolved fields (`jaxar.models.configs`)."""
+    del given
+    shape, ordering, pixel_order = f["event_shape"], f["ordering_name"], f["pixel_order"]
     if ordering != "custom" and pixel_order:
         raise ValueError("model.pixel_order is read only with model.ordering='custom'")
     pixel_steps(ordering, shape[0], shape[1], pixel_order)  # validates the ordering
-    key_features = model_cfg.get("key_features", 16)
-    value_features = model_cfg.get("value_features", 128)
-    num_heads = model_cfg.get("num_heads", 1)
-    if num_heads < 1 or key_features % num_heads or value_features % num_heads:
+    key_features, value_features, num_heads = (
+        f["key_features"], f["value_features"], f["num_heads"])
+    if key_features % num_heads or value_features % num_heads:
         raise ValueError(
             f"model.key_features={key_features} and model.value_features={value_features} "
             f"must both be divisible by model.num_heads={num_heads}"
         )
-    likelihood = model_cfg.get("likelihood", "dmol")
-    if likelihood != "dmol":
-        raise ValueError(f"model.likelihood for pixelsnail must be 'dmol', got {likelihood!r}")
-    check_dropout_rate(model_cfg.get("dropout_rate", 0.5))
-    nonlinearity = model_cfg.get("nonlinearity", "concat_elu")
-    if nonlinearity not in sl.NONLINEARITIES:
+    check_dropout_rate(f["dropout_rate"])
+    if f["nonlinearity"] not in sl.NONLINEARITIES:
         raise ValueError(
-            f"model.nonlinearity must be one of {list(sl.NONLINEARITIES)}, got {nonlinearity!r}"
+            f"model.nonlinearity must be one of {list(sl.NONLINEARITIES)}, "
+            f"got {f['nonlinearity']!r}"
         )
-    return PixelSNAIL(
-        event_shape=shape,
-        num_levels=num_levels,
-        features=model_cfg.get("features", 256),
-        num_blocks=model_cfg.get("num_blocks", 12),
-        num_resnets=model_cfg.get("num_resnets", 5),
-        key_features=key_features,
-        value_features=value_features,
-        num_heads=num_heads,
-        num_mixtures=model_cfg.get("num_mixtures", 10),
-        dropout_rate=model_cfg.get("dropout_rate", 0.5),
-        nonlinearity=nonlinearity,
-        num_classes=model_cfg.get("num_classes", 0),
-        ordering_name=ordering,
-        pixel_order=pixel_order,
-        conv_impl=fast_conv.check_impl(model_cfg.get("conv_impl", "auto")),
-    )
+    fast_conv.check_impl(f["conv_impl"])
+
+
+configs.register(PixelSNAIL, configs.Spec(
+    event_ndim=3,
+    aliases={"ordering": "ordering_name"},
+    fixed={"likelihood": "dmol"},  # a discretized logistic mixture only
+    positive=("features", "key_features", "value_features", "num_heads", "num_mixtures"),
+    check=check_config,
+))

@@ -1,137 +1,138 @@
-"""Cached sampling for PixelSNAIL with raster ordering: one position per layer per pixel.
+"""Cached sampling for PixelSNAIL in any pixel ordering: one call per pixel, in generation order.
 
-In raster order every activation of PixelSNAIL at pixel p sees only pixels
-before p: the up-left stream and the 2x2 down-right-shifted gated resnets (as
-in PixelCNN++, `pixelcnn_pp_cache.Layers` with per-layer input maps), the
-pointwise layers, and the attention, whose query at p reads the keys and
-values of pixels < p. Keys and values of pixel p are the only activations
-that see pixel p itself (the block's content is [x, ul, background]), so
-they are computed at the next pixel, once p is drawn, from the block's
-stream value at p kept in the state ("ul/<block>"), and appended to the
-block's key and value caches ("keys/<block>", "values/<block>",
-`[B, H * W, heads, d]`). The query at p attends to every cached position,
-masked to those < p, exactly as `pixelsnail.causal_attention` masks.
+Call s computes the mixture parameters of pixel p = order[s] (the pixel
+generated at step s), whose channels the loop then draws (`dims_per_step = C`:
+the network output at p does not see p). Every activation at p sees only
+pixels generated before p:
 
-`Decoder` restates `PixelSNAIL.__call__` (raster branch) over the model's own
-parameter tree: a change there needs the same change here, which
-`tests/test_cached_sampling_pp.py` enforces.
+* the stream: in raster order PixelCNN++'s up-left stream and 2x2
+  down-right-shifted gated resnets, run at one position from per-layer input
+  maps (`pixelcnn_pp_cache.Layers`), which raster order fills in time; in any
+  other ordering the stream starts from the previous pixel in generation order,
+  order[s - 1], through the 1x1 layer "shift_in", and its gated resnets are
+  1x1: all pointwise, computed at p alone;
+* the attention: its query at p reads the keys and values of the pixels
+  generated before p.
+
+Keys and values of pixel p are the only activations that see pixel p itself
+(the block's content is [x, ul, background]), so they are computed one call
+later, once p is drawn, from the block's stream value at p kept in the state
+("ul/<block>"), into the slot of p in the block's key and value caches
+("keys/<block>", "values/<block>", `[B, H * W, heads, d]`, pixels in raster
+index order as in the full pass). The query at p attends to the slots of the
+pixels whose generation step is < s, the mask `pixelsnail.causal_attention`
+applies (raster order is the case order[s] = s).
+
+`Decoder` restates `PixelSNAIL.__call__` over the model's own parameter tree,
+reading every layer's name from `PixelSNAIL.layer_names` (the table the model
+names its layers from) and the weight-norm arithmetic and padding geometry
+from `jaxar.nn.shifted_layers`; `tests/test_cached_sampling_pp.py` checks that
+it reads every parameter and computes what a full forward pass computes.
 """
 
 from __future__ import annotations
 
-import collections
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxar.models import decoding, pixelcnn_pp_cache
-from jaxar.models.pixelcnn_pp_cache import _dense
-from jaxar.nn import layers
-
-
-def layout(model):
-    """Parameter names of `PixelSNAIL.__call__`'s layers (raster), in creation order."""
-    counts = collections.Counter()
-
-    def name(kind):
-        counts[kind] += 1
-        return f"{kind}_{counts[kind] - 1}"
-
-    names = {"ul_above": name("WNConv"), "ul_left": name("WNConv"), "blocks": []}
-    for _ in range(model.num_blocks):
-        block = {"res": [name("GatedResnet") for _ in range(model.num_resnets)]}
-        block["content"], block["kv"] = name("GatedResnet"), name("WNDense")
-        block["query_res"], block["query"] = name("GatedResnet"), name("WNDense")
-        block["out"] = name("GatedResnet")
-        names["blocks"].append(block)
-    names["out"] = name("WNDense")
-    return names
+from jaxar.models import base, pixelcnn_pp_cache
+from jaxar.nn import shifted_layers as sl
 
 
 class Decoder(pixelcnn_pp_cache.Layers):
     def __init__(self, model, params, labels, batch, build=False):
         super().__init__(model, params, labels, batch, build)
-        self.names = layout(model)
         height, width, _ = model.event_shape
         self.size = (height, width)
-        grid = jnp.asarray(_background(height, width))  # [H * W, 2]
-        self.background = jnp.broadcast_to(grid, (batch, *grid.shape))
+        self.raster = model.is_raster()
+        steps = model.pixel_steps().ravel()
+        self.steps = jnp.asarray(steps)  # generation step of each pixel, [H * W]
+        self.order = jnp.asarray(np.argsort(steps).astype(np.int32))  # pixel of each step
+        self.background = jnp.asarray(model.background().reshape(-1, 2))  # [H * W, 2]
 
-    def _at(self, a_BNC, p):
-        return jax.lax.dynamic_slice_in_dim(a_BNC, p, 1, axis=1)[:, :, None, :]  # [B, 1, 1, C]
+    def _state(self, s, key, shape):
+        if key not in s:
+            if not self.build:
+                raise KeyError(f"no state {key!r}: build the state first")
+            s[key] = jnp.zeros(shape, jnp.float32)
+        return s[key]
 
-    def pixel(self, s, x_BHWC, x_pad, i, j):
-        """Mixture parameters `[B, 1, 1, F]` of pixel (i, j); first finishes the keys and
-        values of the pixel before it (now drawn)."""
+    def _background_at(self, p):
+        grid = jax.lax.dynamic_slice_in_dim(self.background, p, 1, axis=0)
+        return jnp.broadcast_to(grid, (self.batch, 1, 1, 2))
+
+    def _pixel_inputs(self, x_flat_BD, p):
+        """`sl.pixel_inputs` of pixel p: (x in [-1, 1], with the channel of ones) `[B, 1, 1, .]`."""
+        channels = self.model.event_shape[-1]
+        x = jax.lax.dynamic_slice_in_dim(x_flat_BD, p * channels, channels, axis=1)
+        return sl.pixel_inputs(x.reshape(self.batch, 1, 1, channels), self.model.num_levels)
+
+    def step(self, s, x_flat_BD, t):
+        """Mixture parameters `[B, 1, 1, F]` of the pixel generated at step t; first
+        finishes the keys and values of the pixel generated before it (now drawn)."""
         s = dict(s)
-        model, width = self.model, self.size[1]
-        p = i * width + j
-        prev = jnp.maximum(p - 1, 0)  # at p = 0 a placeholder, overwritten at p = 1
-        x_in = layers.scale_to_unit(x_BHWC, model.num_levels)
-        x_in = x_in.reshape(self.batch, -1, x_BHWC.shape[-1])  # [B, H * W, C]
-        heads = model.num_heads
+        model = self.model
+        pixel, prev = self.order[t], self.order[jnp.maximum(t - 1, 0)]  # t = 0: a placeholder
+        x_prev, x_prev_pad = self._pixel_inputs(x_flat_BD, prev)
+        heads, n = model.num_heads, self.size[0] * self.size[1]
         for b, block in enumerate(self.names["blocks"]):
-            key = f"ul/{b}"
-            if key not in s:
-                s[key] = jnp.zeros((self.batch, 1, 1, model.features), jnp.float32)
-            content = jnp.concatenate(
-                [self._at(x_in, prev), s[key], self._at(self.background, prev)], axis=-1
-            )
+            ul_prev = self._state(s, f"ul/{b}", (self.batch, 1, 1, model.features))
+            content = jnp.concatenate([x_prev, ul_prev, self._background_at(prev)], axis=-1)
             content = self.resnet_nin(block["content"], content)
-            kv = _dense(self.params[block["kv"]], content)
+            kv = sl.wn_dense(self.params[block["kv"]], content)
             k, v = kv[..., : model.key_features], kv[..., model.key_features :]
             for name, new in ((f"keys/{b}", k), (f"values/{b}", v)):
-                if name not in s:
-                    shape = (self.batch, self.size[0] * width, heads, new.shape[-1] // heads)
-                    s[name] = jnp.zeros(shape, jnp.float32)
+                cache = self._state(s, name, (self.batch, n, heads, new.shape[-1] // heads))
                 new = new.reshape(self.batch, 1, heads, -1)
-                s[name] = jax.lax.dynamic_update_slice_in_dim(s[name], new, prev, axis=1)
+                s[name] = jax.lax.dynamic_update_slice_in_dim(cache, new, prev, axis=1)
 
-        ul = self.up_left(x_pad, self.names["ul_above"], self.names["ul_left"], i, j)
-        background = self._at(self.background, p)
+        i, j = pixel // self.size[1], pixel % self.size[1]
+        if self.raster:
+            x_BHWC = x_flat_BD.reshape(self.batch, *model.event_shape)
+            ul = self.up_left(pixelcnn_pp_cache.image_map(model, x_BHWC), i, j)
+        else:  # pixelsnail.shift_in_order: the previous pixel, zeros for the first
+            shifted = jnp.where(t > 0, x_prev_pad, 0.0)
+            ul = sl.wn_dense(self.params[self.names["shift_in"]], shifted)
+        background = self._background_at(pixel)
+        visible_N = self.steps < t
         for b, block in enumerate(self.names["blocks"]):
             for name in block["res"]:
-                ul = self.resnet_pos(s, name, self.size, ul, None, i, j)
+                if self.raster:
+                    ul = self.resnet_pos(s, name, self.size, ul, None, i, j)
+                else:
+                    ul = self.resnet_nin(name, ul)
             s[f"ul/{b}"] = ul
             query = self.resnet_nin(block["query_res"], jnp.concatenate([ul, background], -1))
-            query = _dense(self.params[block["query"]], query)
-            attended = _attend(query, s[f"keys/{b}"], s[f"values/{b}"], p, heads)
+            query = sl.wn_dense(self.params[block["query"]], query)
+            attended = _attend(query, s[f"keys/{b}"], s[f"values/{b}"], visible_N, t > 0, heads)
             ul = self.resnet_nin(block["out"], ul, attended)
-        return _dense(self.params[self.names["out"]], jax.nn.elu(ul)), s
+        return sl.wn_dense(self.params[self.names["out"]], jax.nn.elu(ul)), s
 
 
-def _attend(query_B11K, keys_BNHD, values_BNHD, p, num_heads):
-    """`pixelsnail.causal_attention` for the one query at raster position p."""
-    batch, n = keys_BNHD.shape[:2]
+def _attend(query_B11K, keys_BNHD, values_BNHD, visible_N, any_visible, num_heads):
+    """`pixelsnail.causal_attention` for one query, over the cached pixels `visible_N`."""
+    batch = keys_BNHD.shape[0]
     q = query_B11K.reshape(batch, 1, num_heads, -1)
     logits_BH1N = jnp.einsum("bnhd,bmhd->bhnm", q, keys_BNHD) / q.shape[-1] ** 0.5
-    visible_N = jnp.arange(n) < p
     weights = jax.nn.softmax(jnp.where(visible_N, logits_BH1N, -1e30), axis=-1)
-    weights = weights * (p > 0)  # no earlier pixel: attend to nothing
+    weights = weights * any_visible  # no earlier pixel: attend to nothing
     out_B1HD = jnp.einsum("bhnm,bmhd->bnhd", weights, values_BNHD)
     return out_B1HD.reshape(batch, 1, 1, -1)
 
 
-def _background(height, width):
-    from jaxar.models.pixelsnail import _background as full
-
-    return full((1, height, width, 1))[0].reshape(height * width, 2)
-
-
 def decoder(model, variables, labels, cond, batch):
-    """The `base.Decoder` of a raster `PixelSNAIL`, one call per pixel."""
+    """The `base.Decoder` of a `PixelSNAIL` in its ordering: one call per pixel."""
     del cond
     params = variables["params"]
-    x_BHWC = jnp.zeros((batch, *model.event_shape), jnp.int32)
+    x_flat = jnp.zeros((batch, int(np.prod(model.event_shape))), jnp.int32)
 
-    def pixel_params(state, x_BHWC, i, j):
-        decoder = Decoder(model, params, labels, batch)
-        return decoder.pixel(state, x_BHWC, pixelcnn_pp_cache.image_map(model, x_BHWC), i, j)
+    def step(state, x_flat_BD, t):
+        params_B11F, state = Decoder(model, params, labels, batch).step(state, x_flat_BD, t)
+        return params_B11F.reshape(batch, -1), state
 
     def build():
-        decoder = Decoder(model, params, labels, batch, build=True)
-        x_pad = pixelcnn_pp_cache.image_map(model, x_BHWC)
-        return decoder.pixel({}, x_BHWC, x_pad, 0, 0)[1]
+        return Decoder(model, params, labels, batch, build=True).step({}, x_flat, 0)[1]
 
     state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(build))
-    return decoding.pixel_decoder(model, state, pixel_params, per_pixel=True)
+    return base.Decoder(state, step, dims_per_step=model.event_shape[-1])

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, common
+from jaxar.models import base, configs
 
 ORDERINGS = ("raster", "zigzag", "random")
 _MASKED = -1e30  # logit of attention weights that must be exactly zero
@@ -286,37 +286,32 @@ class Transformer(base.Model):
         return base.Decoder(self.init_caches(batch), step)
 
 
-def from_config(model_cfg, shape, num_levels) -> Transformer:
-    shape = common.check_event_shape("transformer", shape, (1, 3))
-    features = model_cfg.get("features", 128)
-    num_heads = model_cfg.get("num_heads", 4)
-    if features % num_heads:
+def check_config(f: dict, given: frozenset) -> None:
+    """The Transformer's value checks on the resolved fields (`jaxar.models.configs`)."""
+    del given
+    if f["features"] % f["num_heads"]:
         raise ValueError(
-            f"model.features={features} must be divisible by model.num_heads={num_heads}"
+            f"model.features={f['features']} must be divisible by "
+            f"model.num_heads={f['num_heads']}"
         )
-    position = model_cfg.get("position", "learned")
-    if position not in ("learned", "sinusoidal"):
-        raise ValueError(f"model.position must be 'learned' or 'sinusoidal', got {position!r}")
-    likelihood = model_cfg.get("likelihood", "categorical")
-    if likelihood not in ("bernoulli", "categorical"):  # one parameter vector per dimension
+    if f["position"] not in ("learned", "sinusoidal"):
+        raise ValueError(
+            f"model.position must be 'learned' or 'sinusoidal', got {f['position']!r}"
+        )
+    if f["likelihood_name"] not in ("bernoulli", "categorical"):  # one vector per dimension
         raise ValueError(
             f"model.likelihood for transformer must be 'bernoulli' or 'categorical', "
-            f"got {likelihood!r}"
+            f"got {f['likelihood_name']!r}"
         )
-    ordering = model_cfg.get("ordering", "raster")
-    seed = model_cfg.get("ordering_seed", 0)
-    make_ordering(ordering, shape, seed)  # raises for an unknown or unsuitable ordering
-    return Transformer(
-        event_shape=shape,
-        num_levels=num_levels,
-        likelihood_name=likelihood,
-        features=features,
-        num_heads=num_heads,
-        num_layers=model_cfg.get("num_layers", 4),
-        mlp_ratio=model_cfg.get("mlp_ratio", 4),
-        dropout_rate=model_cfg.get("dropout_rate", 0.0),
-        position=position,
-        ordering_name=ordering,
-        ordering_seed=seed,
-        num_classes=model_cfg.get("num_classes", 0),
-    )
+    if not 0.0 <= f["dropout_rate"] < 1.0:
+        raise ValueError(f"model.dropout_rate must lie in [0, 1), got {f['dropout_rate']}")
+    # Raises for an unknown or unsuitable ordering.
+    make_ordering(f["ordering_name"], f["event_shape"], f["ordering_seed"])
+
+
+configs.register(Transformer, configs.Spec(
+    event_ndim=(1, 3),
+    aliases={"likelihood": "likelihood_name", "ordering": "ordering_name"},
+    positive=("features", "num_heads", "mlp_ratio"),
+    check=check_config,
+))

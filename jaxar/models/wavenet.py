@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxar import distributions
-from jaxar.models import base, common
+from jaxar.models import base, configs
 from jaxar.nn import layers
 
 
@@ -219,42 +219,41 @@ def lowres_condition(x_BL: jax.Array, num_levels: int, cond_shape) -> jax.Array:
     return x.mean(axis=-1).reshape(batch, frames, depth)
 
 
-def from_config(model_cfg, shape, num_levels) -> WaveNet:
-    (length,) = common.check_event_shape("wavenet", shape, 1)
-    ordering = model_cfg.get("ordering", "raster")
-    if ordering != "raster":
-        raise ValueError(f"model.ordering for wavenet must be 'raster', got {ordering!r}")
-    likelihood = model_cfg.get("likelihood", "categorical")
-    if likelihood not in ("bernoulli", "categorical"):  # one parameter vector per dimension
+def check_config(f: dict, given: frozenset) -> None:
+    """WaveNet's value checks on the resolved fields (`jaxar.models.configs`); turns
+    model.num_stacks and model.layers_per_stack into the dilations, unless the config
+    gives model.dilations itself."""
+    (length,) = f["event_shape"]
+    num_stacks, layers_per_stack = f.pop("num_stacks"), f.pop("layers_per_stack")
+    if "dilations" not in given:
+        f["dilations"] = tuple(2**i for i in range(layers_per_stack)) * num_stacks
+    elif {"num_stacks", "layers_per_stack"} & given:
+        raise ValueError("model.dilations and model.num_stacks / model.layers_per_stack "
+                         "both set the dilations: give one or the other")
+    if not f["dilations"]:
+        raise ValueError("model.dilations must give at least one dilation, got ()")
+    if f["likelihood_name"] not in ("bernoulli", "categorical"):  # one vector per dimension
         raise ValueError(
             f"model.likelihood for wavenet must be 'bernoulli' or 'categorical', "
-            f"got {likelihood!r}"
+            f"got {f['likelihood_name']!r}"
         )
-    cond_shape = model_cfg.get("cond_shape", None)
-    if cond_shape:
-        cond_shape = tuple(int(d) for d in cond_shape)
-        if len(cond_shape) != 2 or min(cond_shape) < 1 or length % (cond_shape[0] * cond_shape[1]):
-            raise ValueError(
-                f"model.cond_shape must be (frames, depth) with frames * depth dividing "
-                f"the sequence length {length}, got {cond_shape}"
-            )
-    num_stacks = model_cfg.get("num_stacks", 2)
-    layers_per_stack = model_cfg.get("layers_per_stack", 10)
-    if num_stacks < 1 or layers_per_stack < 1:
+    cond_shape = f["cond_shape"] or None
+    if cond_shape and (len(cond_shape) != 2 or min(cond_shape) < 1
+                       or length % (cond_shape[0] * cond_shape[1])):
         raise ValueError(
-            f"model.num_stacks and model.layers_per_stack must be >= 1, got "
-            f"{num_stacks} and {layers_per_stack}"
+            f"model.cond_shape must be (frames, depth) with frames * depth dividing "
+            f"the sequence length {length}, got {cond_shape}"
         )
-    return WaveNet(
-        event_shape=(length,),
-        num_levels=num_levels,
-        likelihood_name=likelihood,
-        residual_channels=model_cfg.get("residual_channels", 32),
-        gate_channels=model_cfg.get("gate_channels", 32),
-        skip_channels=model_cfg.get("skip_channels", 128),
-        head_channels=model_cfg.get("head_channels", 128),
-        dilations=tuple(2**i for i in range(layers_per_stack)) * num_stacks,
-        num_classes=model_cfg.get("num_classes", 0),
-        cond_shape=cond_shape or None,
-        cond_features=model_cfg.get("cond_features", 16),
-    )
+    f["cond_shape"] = cond_shape
+
+
+configs.register(WaveNet, configs.Spec(
+    event_ndim=1,
+    aliases={"likelihood": "likelihood_name"},
+    # Dilations 1, 2, ..., 2**(layers_per_stack - 1), repeated num_stacks times (or
+    # model.dilations as given).
+    derived={"num_stacks": 2, "layers_per_stack": 10},
+    positive=("residual_channels", "gate_channels", "skip_channels", "head_channels",
+              "dilations", "cond_features", "num_stacks", "layers_per_stack"),
+    check=check_config,
+))

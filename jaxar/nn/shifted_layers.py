@@ -19,6 +19,7 @@ proves it with gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -78,6 +79,16 @@ def _label_init(key, shape, dtype=jnp.float32) -> jax.Array:
     return 0.05 * direction_init(key, shape, dtype)
 
 
+def wn_kernel(v: jax.Array) -> jax.Array:
+    """Weight norm's direction `V / ||V||`, the norm over all axes but the last (output) one."""
+    return v * jax.lax.rsqrt(jnp.sum(v * v, axis=tuple(range(v.ndim - 1))))
+
+
+def wn_affine(y: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
+    """A weight-normalized layer's output from its pre-activation: `y * g + b`."""
+    return y * g + b
+
+
 def _data_dependent_affine(module: nn.Module, y: jax.Array, init_scale: float) -> jax.Array:
     """`y * g + b`; at init g, b make every feature of y zero-mean with std `init_scale`."""
     g_init = b_init = nn.initializers.zeros  # only used when the params already exist
@@ -88,41 +99,142 @@ def _data_dependent_affine(module: nn.Module, y: jax.Array, init_scale: float) -
         g_init, b_init = (lambda *_: scale), (lambda *_: shift)
     g = module.param("g", g_init, (y.shape[-1],))
     b = module.param("b", b_init, (y.shape[-1],))
-    return y * g + b
+    return wn_affine(y, g, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a shifted convolution pads (and dilates) its input, hence what each output reads.
+
+    The layer convolves, VALID, its input dilated by `dilation` (zeros between
+    positions: a transposed convolution) and zero-padded by `top`, `bottom`, `left`,
+    `right`, with window strides `stride`. On that padded map ("input map") input
+    position (a, b) sits at `input_at(a, b)`, and output (r, c) is the kh x kw window
+    at `window_at(r, c)`. The shifted layers below are `WNConv`s of these geometries,
+    and cached decoders (`jaxar.models.pixelcnn_pp_cache`) keep input maps laid out by
+    them: the padding of each kind of layer is written here only.
+    """
+
+    kh: int
+    kw: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+    stride: int = 1
+    dilation: int = 1
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return ((self.top, self.bottom), (self.left, self.right))
+
+    def input_at(self, a, b):
+        """Where input position (a, b) sits on the input map."""
+        return (self.top + self.dilation * a, self.left + self.dilation * b)
+
+    def window_at(self, r, c):
+        """Top-left corner, on the input map, of output (r, c)'s window."""
+        return (self.stride * r, self.stride * c)
+
+    def map_shape(self, batch: int, height: int, width: int, channels: int):
+        """Shape of the input map of a `[batch, height, width, channels]` input."""
+        rows = self.top + self.dilation * (height - 1) + 1 + self.bottom
+        cols = self.left + self.dilation * (width - 1) + 1 + self.right
+        return (batch, rows, cols, channels)
+
+
+# The default kernels of the shifted convolutions (the released code's).
+DOWN_KERNEL = (2, 3)
+DOWN_RIGHT_KERNEL = (2, 2)
+
+
+def down_geometry(kernel_size=DOWN_KERNEL, strides: int = 1) -> Geometry:
+    """`down_shifted_conv`'s: k_h - 1 rows on top, the columns centred."""
+    kh, kw = kernel_size
+    return Geometry(kh, kw, kh - 1, 0, (kw - 1) // 2, (kw - 1) // 2, stride=strides)
+
+
+def down_right_geometry(kernel_size=DOWN_RIGHT_KERNEL, strides: int = 1) -> Geometry:
+    """`down_right_shifted_conv`'s: k_h - 1 rows on top, k_w - 1 columns on the left."""
+    kh, kw = kernel_size
+    return Geometry(kh, kw, kh - 1, 0, kw - 1, 0, stride=strides)
+
+
+def down_transpose_geometry(kernel_size=DOWN_KERNEL) -> Geometry:
+    """`down_shifted_conv_transpose`'s: the input dilated by 2, one more row and column after."""
+    kh, kw = kernel_size
+    return Geometry(kh, kw, kh - 1, 1, (kw - 1) // 2, (kw - 1) // 2 + 1, dilation=2)
+
+
+def down_right_transpose_geometry(kernel_size=DOWN_RIGHT_KERNEL) -> Geometry:
+    """`down_right_shifted_conv_transpose`'s: the input dilated by 2."""
+    kh, kw = kernel_size
+    return Geometry(kh, kw, kh - 1, 1, kw - 1, 1, dilation=2)
+
+
+def covering(*geometries: Geometry) -> Geometry:
+    """The padding of one stride-1 input map that several layers' windows read (`offset`)."""
+    return Geometry(
+        1, 1, max(g.top for g in geometries), max(g.bottom for g in geometries),
+        max(g.left for g in geometries), max(g.right for g in geometries),
+    )
+
+
+def offset(geom: Geometry, map_geom: Geometry) -> tuple[int, int]:
+    """Where the input map of `geom` starts on a larger map laid out by `map_geom`."""
+    return (map_geom.top - geom.top, map_geom.left - geom.left)
+
+
+def wn_conv_window(p, window: jax.Array, strides=(1, 1)) -> jax.Array:
+    """A `WNConv` with parameters p (`v`, `g`, `b`) on a window of its input map (VALID).
+
+    A window of the kernel's size gives one position `[B, 1, 1, O]` (a matrix
+    product); a k_h-row strip gives a row.
+    """
+    kernel = wn_kernel(p["v"])
+    if window.shape[1:3] == kernel.shape[:2]:  # one position: a matrix product
+        batch, features = window.shape[0], kernel.shape[-1]
+        y = (window.reshape(batch, -1) @ kernel.reshape(-1, features)).reshape(batch, 1, 1, -1)
+    else:
+        y = jax.lax.conv_general_dilated(window, kernel, strides, "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return wn_affine(y, p["g"], p["b"])
+
+
+def wn_dense(p, x: jax.Array) -> jax.Array:
+    """A `WNDense` with parameters p (`v`, `g`, `b`)."""
+    return wn_affine(x @ wn_kernel(p["v"]), p["g"], p["b"])
 
 
 class WNConv(nn.Module):
-    """Weight-normalized 2-D convolution with explicit padding, NHWC.
+    """Weight-normalized 2-D convolution of a `Geometry` (padding, stride, dilation), NHWC.
 
-    `input_dilation=2` makes it a stride-2 transposed convolution (zeros
+    `geometry.dilation=2` makes it a stride-2 transposed convolution (zeros
     between input pixels). What an output sees is set by the padding: see the
     shifted wrappers below. `conv_impl` (`jaxar.nn.fast_conv`) applies to stride-1
     convolutions; strided and transposed ones always run as XLA's convolution.
     """
 
     features: int
-    kernel_size: tuple[int, int]
-    padding: tuple[tuple[int, int], tuple[int, int]]
-    strides: int = 1
-    input_dilation: int = 1
+    geometry: Geometry
     init_scale: float = 1.0
     conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        kh, kw = self.kernel_size
-        v = self.param("v", direction_init, (kh, kw, x_BHWC.shape[-1], self.features))
-        kernel = v * jax.lax.rsqrt(jnp.sum(v * v, axis=(0, 1, 2)))
-        if self.strides == self.input_dilation == 1:
+        geom = self.geometry
+        v = self.param("v", direction_init, (geom.kh, geom.kw, x_BHWC.shape[-1], self.features))
+        kernel = wn_kernel(v)
+        if geom.stride == geom.dilation == 1:
             impl = fast_conv.resolve_impl(self.conv_impl)
-            y = fast_conv.conv(x_BHWC, kernel, None, 1, impl, self.padding)
+            y = fast_conv.conv(x_BHWC, kernel, None, 1, impl, geom.padding)
         else:
             y = jax.lax.conv_general_dilated(
                 x_BHWC,
                 kernel,
-                window_strides=(self.strides, self.strides),
-                padding=self.padding,
-                lhs_dilation=(self.input_dilation, self.input_dilation),
+                window_strides=(geom.stride, geom.stride),
+                padding=geom.padding,
+                lhs_dilation=(geom.dilation, geom.dilation),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         return _data_dependent_affine(self, y, self.init_scale)
@@ -140,11 +252,10 @@ class WNDense(nn.Module):
     @nn.compact
     def __call__(self, x_NC: jax.Array) -> jax.Array:
         v = self.param("v", direction_init, (x_NC.shape[-1], self.features))
-        y = x_NC @ (v * jax.lax.rsqrt(jnp.sum(v * v, axis=0)))
-        return _data_dependent_affine(self, y, self.init_scale)
+        return _data_dependent_affine(self, x_NC @ wn_kernel(v), self.init_scale)
 
 
-def down_shifted_conv(features, kernel_size=(2, 3), strides=1, init_scale=1.0, name=None,
+def down_shifted_conv(features, kernel_size=DOWN_KERNEL, strides=1, init_scale=1.0, name=None,
                       conv_impl="auto"):
     """k_h x k_w convolution over rows i - k_h + 1 .. i, centred on column j.
 
@@ -152,45 +263,37 @@ def down_shifted_conv(features, kernel_size=(2, 3), strides=1, init_scale=1.0, n
     it with `layers.down_shift` for strictly earlier rows.) With `strides=2`
     output (i, j) reads input rows 2i - k_h + 1 .. 2i.
     """
-    kh, kw = kernel_size
-    pad = ((kh - 1, 0), ((kw - 1) // 2, (kw - 1) // 2))
-    return WNConv(features, kernel_size, pad, strides, init_scale=init_scale, name=name,
-                  conv_impl=conv_impl)
+    return WNConv(features, down_geometry(kernel_size, strides), init_scale, conv_impl,
+                  name=name)
 
 
-def down_right_shifted_conv(features, kernel_size=(2, 2), strides=1, init_scale=1.0, name=None,
-                            conv_impl="auto"):
+def down_right_shifted_conv(features, kernel_size=DOWN_RIGHT_KERNEL, strides=1, init_scale=1.0,
+                            name=None, conv_impl="auto"):
     """k_h x k_w convolution over rows i - k_h + 1 .. i and columns j - k_w + 1 .. j.
 
     Output (i, j) can NOT see rows below i nor columns right of j (in any row).
     """
-    kh, kw = kernel_size
-    pad = ((kh - 1, 0), (kw - 1, 0))
-    return WNConv(features, kernel_size, pad, strides, init_scale=init_scale, name=name,
-                  conv_impl=conv_impl)
+    return WNConv(features, down_right_geometry(kernel_size, strides), init_scale, conv_impl,
+                  name=name)
 
 
-def down_shifted_conv_transpose(features, kernel_size=(2, 3)) -> WNConv:
+def down_shifted_conv_transpose(features, kernel_size=DOWN_KERNEL, name=None) -> WNConv:
     """Stride-2 upsampling: output row r reads input rows i with 2i <= r (and 2i > r - k_h).
 
     Output (r, c) can NOT see input rows i > r / 2: if input row i only saw
     image rows < 2i, output row r only sees image rows < r.
     """
-    kh, kw = kernel_size
-    pad = ((kh - 1, 1), ((kw - 1) // 2, (kw - 1) // 2 + 1))
-    return WNConv(features, kernel_size, pad, input_dilation=2)
+    return WNConv(features, down_transpose_geometry(kernel_size), name=name)
 
 
-def down_right_shifted_conv_transpose(features, kernel_size=(2, 2)) -> WNConv:
+def down_right_shifted_conv_transpose(features, kernel_size=DOWN_RIGHT_KERNEL, name=None) -> WNConv:
     """Stride-2 upsampling: output (r, c) reads inputs (i, j) with 2i <= r and 2j <= c.
 
     Output (r, c) can NOT see input rows i > r / 2 nor columns j > c / 2: an
     input that only saw pixels before (2i, 2j) in raster order gives outputs
     that only see pixels before (r, c).
     """
-    kh, kw = kernel_size
-    pad = ((kh - 1, 1), (kw - 1, 1))
-    return WNConv(features, kernel_size, pad, input_dilation=2)
+    return WNConv(features, down_right_transpose_geometry(kernel_size), name=name)
 
 
 def concat_elu(x: jax.Array) -> jax.Array:
@@ -199,17 +302,20 @@ def concat_elu(x: jax.Array) -> jax.Array:
 
 
 NONLINEARITIES = {"concat_elu": concat_elu, "elu": jax.nn.elu}
+# The convolutions of `GatedResnet(conv)` other than "nin" (1x1, `WNDense`).
+RESNET_GEOMETRIES = {"down": down_geometry(), "down_right": down_right_geometry()}
 
 
 class GatedResnet(nn.Module):
     """`x + a * sigmoid(b)`, `[a, b] = conv(dropout(f(conv(f(x)) + nin(f(aux)))))`, f = concat_elu.
 
-    `conv` is "down" (2x3 down-shifted), "down_right" (2x2 down-right-shifted)
-    or "nin" (1x1). `aux` (same spatial size) enters through a 1x1 layer
-    before the gate: a skip input from another stream, or attention output.
-    `label_BK` adds a learned per-class bias to both gate halves. Output
-    (i, j) can NOT see what the chosen conv can not see in x, nor positions of
-    `aux` other than (i, j). `nonlinearity="elu"` is the released PixelSNAIL's.
+    `conv` is "down" (2x3 down-shifted), "down_right" (2x2 down-right-shifted),
+    see `RESNET_GEOMETRIES`, or "nin" (1x1). `aux` (same spatial size) enters
+    through a 1x1 layer before the gate: a skip input from another stream, or
+    attention output. `label_BK` adds a learned per-class bias to both gate halves.
+    Output (i, j) can NOT see what the chosen conv can not see in x, nor positions
+    of `aux` other than (i, j). `nonlinearity="elu"` is the released PixelSNAIL's.
+    Sub-layers: "conv_in", "aux_in" (with aux), "gate_out", "label_bias" (with labels).
     """
 
     conv: str
@@ -218,13 +324,10 @@ class GatedResnet(nn.Module):
     conv_impl: str = "auto"
 
     def _conv(self, features, init_scale=1.0, name=None):
-        impl = self.conv_impl
-        if self.conv == "down":
-            return down_shifted_conv(features, init_scale=init_scale, name=name, conv_impl=impl)
-        if self.conv == "down_right":
-            return down_right_shifted_conv(features, init_scale=init_scale, name=name,
-                                           conv_impl=impl)
-        return WNDense(features, init_scale, name=name)
+        if self.conv == "nin":
+            return WNDense(features, init_scale, name=name)
+        return WNConv(features, RESNET_GEOMETRIES[self.conv], init_scale, self.conv_impl,
+                      name=name)
 
     @nn.compact
     def __call__(self, x, aux=None, label_BK=None, train: bool = False):
@@ -238,10 +341,16 @@ class GatedResnet(nn.Module):
             h = dropout(self.make_rng("dropout"), h, self.dropout_rate)
         h = self._conv(2 * features, RESIDUAL_INIT_SCALE, name="gate_out")(h)
         if label_BK is not None:
-            bias = nn.Dense(2 * features, use_bias=False, kernel_init=_label_init)
+            bias = nn.Dense(2 * features, use_bias=False, kernel_init=_label_init,
+                            name="label_bias")
             h = h + bias(label_BK)[:, None, None, :]
-        a, b = jnp.split(h, 2, axis=-1)
-        return x + a * jax.nn.sigmoid(b)
+        return gate(x, h)
+
+
+def gate(x: jax.Array, h: jax.Array) -> jax.Array:
+    """A gated resnet's output `x + a * sigmoid(b)`, `[a, b] = h`."""
+    a, b = jnp.split(h, 2, axis=-1)
+    return x + a * jax.nn.sigmoid(b)
 
 
 def pixel_inputs(x_BHWC: jax.Array, num_levels: int) -> tuple[jax.Array, jax.Array]:
@@ -250,13 +359,21 @@ def pixel_inputs(x_BHWC: jax.Array, num_levels: int) -> tuple[jax.Array, jax.Arr
     return x, jnp.concatenate([x, jnp.ones_like(x[..., :1])], axis=-1)
 
 
-def up_left_stream(x_pad: jax.Array, features: int, conv_impl: str = "auto") -> jax.Array:
+# `up_left_stream`'s two layers: the rows above (1x3), the row's earlier pixels (2x1).
+UP_LEFT_ABOVE = down_geometry((1, 3))
+UP_LEFT_LEFT = down_right_geometry((2, 1))
+
+
+def up_left_stream(x_pad: jax.Array, features: int, conv_impl: str = "auto",
+                   names: tuple[str | None, str | None] = (None, None)) -> jax.Array:
     """PixelCNN++'s first "up and to the left" features: each pixel sees only earlier pixels.
 
     Output (i, j) can NOT see pixel (i, j) itself nor any later pixel in
     raster order: rows above via a down-shifted 1x3 conv, the row's earlier
-    pixels via a right-shifted 2x1 conv.
+    pixels via a right-shifted 2x1 conv (`UP_LEFT_ABOVE`, `UP_LEFT_LEFT`; their
+    layer names: `names`).
     """
-    above = layers.down_shift(down_shifted_conv(features, (1, 3), conv_impl=conv_impl)(x_pad))
-    left = layers.right_shift(down_right_shifted_conv(features, (2, 1), conv_impl=conv_impl)(x_pad))
-    return above + left
+    above_name, left_name = names
+    above = WNConv(features, UP_LEFT_ABOVE, conv_impl=conv_impl, name=above_name)(x_pad)
+    left = WNConv(features, UP_LEFT_LEFT, conv_impl=conv_impl, name=left_name)(x_pad)
+    return layers.down_shift(above) + layers.right_shift(left)
