@@ -20,14 +20,29 @@ CASES = [
     (["--config", SMOKE, "--config.data.source=folder", "--config.data.path=EMPTY"], "data.path"),
     (["--config", SMOKE, "--config.train.batch_size=0"], "train.batch_size"),
     (["--config", SMOKE, "--config.data.num_levels=1"], "data.num_levels"),
+    # Strict configs (tests/test_config.py has the rules in-process): one case per class.
+    (["--config", SMOKE, "--config.model.ordering=zigzag"], "pixelcnn only supports ordering"),
+    (["--config", SMOKE, "--config.train.ema_decay=1.5"], "train.ema_decay must lie in [0, 1)"),
+    (["--config", SMOKE, "--config.model.num_classes=10"], "needs labelled data"),
+    (["--config", "BADKEY"], "did you mean 'num_steps'?"),
 ]
+# A config file that sets a key no part of jaxar reads.
+BADKEY_FILE = """from experiments import pixelcnn_mnist
+
+def get_config(arg=None):
+    cfg = pixelcnn_mnist.get_config("smoke")
+    cfg.train.num_step = 3
+    return cfg
+"""
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[m for _, m in CASES])
 def test_bad_cli_input_exits_2(tmp_path, args, message):
     empty = tmp_path / "empty"
     empty.mkdir()
-    args = [a.replace("EMPTY", str(empty)) for a in args]
+    (tmp_path / "badkey.py").write_text(BADKEY_FILE)
+    args = [a.replace("EMPTY", str(empty)).replace("BADKEY", str(tmp_path / "badkey.py"))
+            for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "jaxar.cli.train", "--workdir", str(tmp_path / "run"), *args],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
@@ -35,6 +50,16 @@ def test_bad_cli_input_exits_2(tmp_path, args, message):
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before any writing
+
+
+def test_empty_workdir_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxar.cli.train", "--config", SMOKE, "--workdir", ""],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "--workdir must name a directory" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
 def test_unusable_workdir_exits_2(tmp_path):

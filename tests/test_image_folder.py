@@ -119,3 +119,23 @@ def test_pixelcnn_pp_smoke_trains_on_a_folder_of_pngs(tmp_path):
     assert [r["step"] for r in rows if "train/bpd" in r] == [1, 2]
     assert np.isfinite([r["eval/bpd"] for r in rows if "eval/bpd" in r]).all()
     assert (tmp_path / "run" / "samples_2.png").is_file()
+
+
+def test_16_bit_grey_pngs_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL opens a 16-bit grey PNG as mode "I;16"; its own conversion to "L" clips at 255."""
+    root = tmp_path / "deep"
+    root.mkdir()
+    levels = np.array([0, 257, 32896, 65535], np.uint16)  # 8-bit 0, 1, 128, 255 exactly
+    for k in range(4):
+        image = np.full((4, 4), levels[k], np.uint16)
+        image[0, 0] = 65535 - levels[k]
+        Image.fromarray(image).save(root / f"{k}.png")
+    with Image.open(root / "0.png") as image:
+        assert image.mode == "I;16"
+    for channels in (1, 3):
+        train, test = data.load_splits(folder_cfg(root, shape=(4, 4, channels),
+                                                  labels_from_subfolders=False))
+        x = np.concatenate([s.get(np.arange(len(s)))["x"] for s in (train, test)])
+        assert sorted(int(np.median(v)) for v in x) == [0, 1, 128, 255]
+        for v in x:  # the corner keeps its complement: nothing was clipped to white
+            assert int(v[0, 0, 0]) + int(np.median(v)) in (254, 255, 256)

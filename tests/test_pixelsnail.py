@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from model_checks import (
-    all_inputs,
     check_causal_perturbation,
-    chi_square_statistic,
-    input_index,
-    joint_log_probs,
     tiny_config,
     total_probability,
 )
@@ -69,7 +65,8 @@ def test_shift_in_order_passes_the_previous_pixel():
         assert shifted.ravel()[by_step[t]] == want
 
 
-CASES = [("raster", 0), ("raster", 2), ("zigzag", 2), ("custom", 0)]
+# 3x3 raster, zigzag and 2x2 custom orders: tests/test_protocol.py; here 4x4 maps.
+CASES = [("raster", 2), ("zigzag", 2), ("custom", 0)]
 
 
 @pytest.mark.parametrize("ordering,num_classes", CASES, ids=[f"{o}-{c}cls" for o, c in CASES])
@@ -81,19 +78,6 @@ def test_normalized_for_every_ordering_and_label(ordering, num_classes):
     variables = random_variables(model, seed=len(ordering))
     for label in range(num_classes) if num_classes else [None]:
         assert total_probability(model, variables, label) == pytest.approx(1.0, abs=1e-4)
-
-
-def test_naive_sampler_follows_a_custom_ordering():
-    """2x2 pixels of 2 channels and 2 levels (256 images), generated in order 3, 0, 2, 1."""
-    cfg = tiny_config("pixelsnail", (2, 2, 2), 2, **TINY, ordering="custom",
-                      pixel_order=(3, 0, 2, 1), num_classes=2)
-    model = jaxar.build_model(cfg)
-    variables = random_variables(model, seed=4)
-    probs = np.exp(joint_log_probs(model, variables, all_inputs(model.event_shape, 2), 1))
-    labels = jnp.ones((8000,), jnp.int32)
-    xs = jaxar.sample(model, variables, jax.random.key(7), 8000, labels=labels, method="naive")
-    stat, dof = chi_square_statistic(input_index(xs, 2), probs)
-    assert stat < dof + 3.1 * np.sqrt(2 * dof) + 10, (stat, dof)
 
 
 @pytest.mark.parametrize("ordering", ["raster", "zigzag", "custom"])

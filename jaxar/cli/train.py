@@ -12,12 +12,14 @@ on a Cloud TPU VM and in a multi-task SLURM step this is detected
 workdir must then be one directory all processes share.
 """
 
+import logging as pylogging
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxar.training import sharding, train
+from jaxar.training import checkpoint, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/file.py[:variant].", lock_config=True
@@ -37,6 +39,26 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (ex
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _OneLineLibraryErrors(pylogging.Filter):
+    """Orbax logs the traceback of a failed background save (which the run then reports
+    itself, in one line): its records keep their message and the error's one line."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in record.pathname:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({checkpoint.one_line(error, 200)})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _unraisable(info) -> None:
+    """After a failed save, tensorstore's callbacks may reach the event loop orbax already
+    closed: each would print a bare traceback. Only those are dropped."""
+    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(info)
+
+
 def _fail(message) -> None:
     """Bad input: one line on stderr and exit code 2 (as argparse does), no traceback."""
     print(f"jaxar.cli.train: error: {message}", file=sys.stderr)
@@ -52,7 +74,10 @@ def _parse_flags(argv):
         _fail(lines[0] if len(lines) < 3 else f"{lines[0]} {lines[-1]}")
     except (KeyError, AttributeError) as err:  # an override of a key the config lacks
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        _fail(f"no such config key {err} among the overrides {overrides}")
+        # ml_collections' message is a repr with an escaped newline: one plain line.
+        detail = str(err.args[0] if err.args else err).replace("\\n", " ").replace("\\'", "")
+        detail = " ".join(detail.strip("'\"").split())
+        _fail(f"unknown config key among the overrides {overrides}: {detail}")
     try:  # ml_collections reports a config file it could not load on first access
         _CONFIG.value.get("model")
     except (OSError, ValueError, KeyError, AttributeError) as err:
@@ -66,6 +91,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
+    pylogging.getLogger("absl").addFilter(_OneLineLibraryErrors())
+    sys.unraisablehook = _unraisable
     try:  # first, before anything starts a JAX backend
         sharding.initialize_distributed(
             _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
@@ -76,6 +103,13 @@ def main(argv):
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except train.BadInput as err:  # a bad config value, dataset or workdir, named in it
         _fail(err)
+    except train.RunFailed as err:  # a failed write or read, or a diverged loss
+        print(f"jaxar.cli.train: error: {err}", file=sys.stderr)
+        # Everything was closed; should a library thread still wait (orbax waits minutes
+        # for signals of a failed save), it must not keep the process alive.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def run() -> None:

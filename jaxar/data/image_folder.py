@@ -16,7 +16,8 @@ of its top-level sub-folder in sorted order (e.g. `gems/ruby/1.png` ->
 Files that cannot be decoded are skipped with one warning that counts them.
 An empty folder, a missing one, or a `data.shape` that is not an image shape
 `(H, W, 1 or 3)` raise a ValueError. Values are 8-bit (256 levels) and
-go through `data.py`'s reduction to `data.num_levels` like every source.
+go through `data.py`'s reduction to `data.num_levels` like every source;
+16-bit images are scaled to 8 bits (v * 255 / 65535, rounded).
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _decode(file: pathlib.Path, shape) -> np.ndarray:
     """uint8 [H, W, C]: the largest centred crop with the target aspect ratio, resized."""
     height, width, channels = shape
     with Image.open(file) as image:
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            image = _grey_to_8_bits(image)
         image = image.convert("RGB" if channels == 3 else "L")
         w, h = image.size
         crop_w, crop_h = min(w, h * width // height), min(h, w * height // width)
@@ -129,6 +132,14 @@ def _decode(file: pathlib.Path, shape) -> np.ndarray:
         image = image.crop((left, top, left + max(crop_w, 1), top + max(crop_h, 1)))
         image = image.resize((width, height), Image.Resampling.BICUBIC)
         return np.asarray(image, np.uint8).reshape(height, width, channels)
+
+
+def _grey_to_8_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image (PIL mode "I;16*", or "I" as PIL opens some 16-bit files) as
+    8-bit "L", scaled: v * 255 / 65535 rounded (PIL's own conversion clips at 255, so
+    nearly every pixel would come out white)."""
+    values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 def _path_hashes(files: list[pathlib.Path]) -> np.ndarray:

@@ -2,23 +2,27 @@
 
 `sample` checks its inputs and runs `loop.ancestral`, the one sampling loop,
 with the decoder of the chosen method: the naive one (the whole network at
-every step) or the model's cached decoder (`model.decoder`). Every method draws
-dimension `order[t]` with the key `fold_in(key, t)` from the same parameters,
-so the same key gives the same samples whatever the method.
+every step) or the model's cached decoder (`model.decoder`); or
+`fixed_point.fixed_point`, which solves for the same sample by parallel
+passes. Every method draws dimension `order[t]` with the key `fold_in(key, t)`
+from the same parameters, so the same key gives the same samples whatever the
+method.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxar.models import base, common
-from jaxar.sampling import loop
+from jaxar.sampling import fixed_point, loop
 
-METHODS = ("auto", "naive", "cached")
+METHODS = ("auto", "naive", "cached", "fixed_point")
+_LOG = logging.getLogger(__name__)
 
 
 def sample(
@@ -41,13 +45,16 @@ def sample(
       earlier in the ordering is seen by each conditional).
     cond: `[num_samples, *model.cond_shape]` spatial conditioning map, if any.
     method: "naive" reruns the whole network at every step; "cached" runs
-      only what each new dimension needs (the model's decoder); "auto" is
-      "cached". Same key -> same samples.
+      only what each new dimension needs (the model's decoder); "fixed_point"
+      redraws every dimension in parallel passes until nothing changes (the
+      number of passes is logged at INFO); "auto" is "cached". Same key ->
+      same samples, whatever the method.
     """
-    if not isinstance(num_samples, int | np.integer) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if not float(temperature) > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    num_samples = common.check_count("num_samples", num_samples)
+    common.check_temperature(temperature)
+    for name, value in (("known", known), ("known_mask", known_mask)):
+        if value is not None:
+            common.check_array(name, value)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     common.check_labels(model, labels, num_samples)
@@ -59,6 +66,12 @@ def sample(
     if method == "cached" and not has_decoder(model):
         raise ValueError(f"method='cached': {type(model).__name__} has no cached decoder")
     with common.rng_context():
+        if method == "fixed_point":
+            x, passes = _fixed_point(model, variables, key, labels, cond, temperature, known,
+                                     known_mask)
+            _LOG.info("fixed_point: %d network passes for %d dimensions", int(passes),
+                      known[0].size)
+            return x
         return _sample(model, method, variables, key, labels, cond, temperature, known,
                        known_mask)
 
@@ -66,6 +79,9 @@ def sample(
 def has_decoder(model) -> bool:
     """Whether the model overrides `base.Model.decoder` (every registered model does)."""
     return type(model).decoder is not base.Model.decoder
+
+
+_fixed_point = jax.jit(fixed_point.fixed_point, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

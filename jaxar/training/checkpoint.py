@@ -11,23 +11,32 @@ loses at most the steps since the last save. Old checkpoints (beyond
 a run killed mid-deletion would leave a half-deleted directory under a step's
 name. Here it is first renamed to `.deleting-<step>` (atomic), then removed.
 
-A checkpoint that still fails to restore (a disk fault, a partial copy) while
-an older one restores is skipped with a warning naming both steps and moved
-aside to `checkpoints/unreadable-<step>`, so the resumed run saves that step
-again. A checkpoint whose arrays have other shapes than the config's state (the
-workdir holds a run of another config), or none that restores at all, stops the
-run with a ValueError and nothing is touched. With several processes
-there is no automatic fall-back (they must agree on the step): a ValueError
-names the checkpoint to move aside.
+One restore policy (`restore_newest`) serves the trainer and the sampler
+(`load_run`): the newest checkpoint that restores wins. A checkpoint that fails
+to restore (a disk fault, a partial copy, a missing `_METADATA`) is
+"unreadable": while an older one restores it is skipped with a warning naming
+both steps; the trainer then moves it aside to `checkpoints/unreadable-<step>`
+(so the resumed run saves that step again), the sampler touches nothing. Only a
+checkpoint whose arrays have other shapes than the config's state is "another
+config" (the workdir holds a run of another config): the run stops with a
+ValueError and nothing is touched; so it does when no checkpoint restores at
+all. With several processes there is no automatic fall-back (they must agree
+on the step): a ValueError names the checkpoint to move aside.
+
+A write that fails (a read-only directory, a full disk) raises from `save` or
+`close` and never leaves orbax threads behind: directories are created
+synchronously and `close` releases orbax even after a failed save.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import shutil
 import time
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -36,6 +45,103 @@ import orbax.checkpoint as ocp
 from jaxar import models
 
 log = logging.getLogger(__name__)
+
+
+class Restored(NamedTuple):
+    """What `restore_newest` found: the items of checkpoint `step`, and the newer
+    checkpoints it skipped as unreadable, as (step, why) pairs."""
+
+    state: Any
+    data: Any
+    config: Any
+    step: int
+    unreadable: tuple[tuple[int, str], ...]
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception on one line, at most about `limit` characters."""
+    text = " ".join(str(err).split())
+    if len(text) > limit:
+        text = text[:limit] + " ..."
+    return f"{type(err).__name__}: {text}"
+
+
+def restore_newest(manager, directory, make_target, *, expected=None, step=None,
+                   items=()) -> Restored | None:
+    """The one restore policy of the trainer and the sampler: the newest readable checkpoint.
+
+    Tries the saved steps newest first (only `step`, if given). A step whose state
+    metadata is missing or unreadable, or whose restore fails, is unreadable and the
+    next older one is tried; the steps skipped are named in a warning once one restores.
+    `expected` (an abstract state) is what the state must hold: a step with readable
+    metadata of other shapes, or one that fails to restore and has another tree
+    structure, is another config's: a ValueError, and nothing older is tried.
+    `make_target(metadata)` gives the abstract state to restore into; `items` names the
+    JSON items restored besides the state ("data", "config"). Returns None if there is
+    no checkpoint; a ValueError if none restores.
+    """
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    unreadable = []
+    for candidate in steps:
+        try:
+            metadata = manager.item_metadata(candidate)["state"]
+            if metadata is None or not _signature(metadata):
+                raise ValueError("the state's metadata (_METADATA) is missing")
+        except Exception as err:  # noqa: BLE001 (any damage: try an older one)
+            unreadable.append((candidate, one_line(err)))
+            _refuse_fallback_if_multiprocess(directory, candidate, err)
+            continue
+        if expected is not None and _signature(metadata) != _signature(expected):
+            # Another config's state: refuse before orbax attempts (and aborts) a read.
+            raise _another_config(candidate, directory, "other shapes")
+        args = {"state": ocp.args.StandardRestore(make_target(metadata))}
+        args.update({item: ocp.args.JsonRestore() for item in items})
+        try:
+            restored = manager.restore(candidate, args=ocp.args.Composite(**args))
+        except Exception as err:  # noqa: BLE001 (any read failure: try an older one)
+            if expected is not None and _paths(metadata) != _paths(expected):
+                # Same shapes in another tree (e.g. an optimizer of other transforms).
+                raise _another_config(candidate, directory, "another structure") from err
+            unreadable.append((candidate, one_line(err)))
+            _refuse_fallback_if_multiprocess(directory, candidate, err)
+            continue
+        for bad, why in unreadable:
+            log.warning("checkpoint at step %d is unreadable (%s); falling back to the "
+                        "checkpoint at step %d", bad, why, candidate)
+        return Restored(restored["state"], restored.get("data"), restored.get("config"),
+                        candidate, tuple(unreadable))
+    if unreadable:
+        details = "; ".join(f"step {s}: {why}" for s, why in unreadable[:3])
+        raise ValueError(
+            f"no checkpoint in {directory} can be restored ({details}); move the damaged "
+            f"step directories aside, or use a new --workdir"
+        )
+    return None
+
+
+def _another_config(step: int, directory, how: str) -> ValueError:
+    return ValueError(
+        f"the checkpoint at step {step} in {directory} holds a train state of {how} than "
+        f"this config's: was this --workdir trained with another config? Use a new --workdir"
+    )
+
+
+def _refuse_fallback_if_multiprocess(directory, step: int, err: BaseException) -> None:
+    if jax.process_count() > 1:  # processes must not choose different steps
+        raise ValueError(
+            f"checkpoint at step {step} in {directory} cannot be restored ({one_line(err)}); "
+            f"with several processes there is no automatic fall-back: move that directory "
+            f"aside and restart"
+        ) from err
+
+
+def finished_steps(directory: str | pathlib.Path) -> list[int]:
+    """Steps of the finished checkpoints in `directory` (orbax names one by its step only
+    once it is complete), oldest first; reads the directory, not a manager."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 class Checkpointer:
@@ -49,17 +155,25 @@ class Checkpointer:
         self.saved_any = False  # close() prunes only a run that saved (never a refused one)
         self.is_main = jax.process_index() == 0
         if self.is_main:
+            if self.directory.exists() and not os.access(self.directory, os.W_OK | os.X_OK):
+                raise ValueError(f"checkpoint directory {self.directory} is not writable")
             for leftover in self.directory.glob(".deleting-*"):  # a killed prune
                 shutil.rmtree(leftover, ignore_errors=True)
-        options = ocp.CheckpointManagerOptions(create=True)
+        # Directories created in save() itself: a read-only or full disk fails there, at
+        # once, rather than in orbax threads that wait minutes for the directory.
+        options = ocp.CheckpointManagerOptions(
+            create=True, async_options=ocp.AsyncOptions(create_directories_asynchronously=False)
+        )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=_item_handlers()
         )
+        self._closed = False
 
     def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict):
         """Starts an asynchronous save of step `step` (no-op if it already exists).
 
-        Waits for the previous save first, then prunes the oldest checkpoints.
+        Waits for the previous save first (raising its error, if it failed), then prunes
+        the oldest checkpoints.
         """
         self.manager.wait_until_finished()
         self._prune()
@@ -77,62 +191,34 @@ class Checkpointer:
         if not saved:
             log.warning("orbax declined to save step %d (a newer step exists)", step)
 
-    def restore_latest(self, abstract_state):
-        """`(state, data_state, step)` of the newest readable checkpoint, or None if none.
+    def restore_latest(self, abstract_state) -> Restored | None:
+        """`restore_newest` of this workdir into `abstract_state`, or None if no checkpoint.
 
         `abstract_state` (from `jax.eval_shape`, with shardings) fixes the
-        structure, dtypes and placement of the restored arrays.
+        structure, dtypes and placement of the restored arrays. The unreadable newer
+        checkpoints it skipped stay until `move_aside_unreadable`.
         """
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        failed = []
-        for step in steps:
-            saved = self._signature(step)
-            if saved is not None and saved != _signature(abstract_state):
-                # Another config's state: refuse before orbax attempts (and aborts) a read.
-                raise ValueError(
-                    f"the checkpoint at step {step} in {self.directory} holds a train state of "
-                    f"other shapes than this config's: was this --workdir trained with another "
-                    f"config? Use a new --workdir"
-                )
-            try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
-                    ),
-                )
-            except Exception as err:  # noqa: BLE001 (any read failure: try an older one)
-                if jax.process_count() > 1:  # processes must not choose different steps
-                    raise ValueError(
-                        f"checkpoint at step {step} in {self.directory} cannot be restored "
-                        f"({type(err).__name__}: {err}); with several processes there is no "
-                        f"automatic fall-back: move that directory aside and restart"
-                    ) from err
-                failed.append((step, err))
-                continue
-            for bad, err in failed:  # an older one restores: the newer ones are damaged
-                log.warning(
-                    "checkpoint at step %d is unreadable (%s: %s); falling back to the "
-                    "checkpoint at step %d", bad, type(err).__name__, err, step,
-                )
-                self._move_aside(bad)
-            return restored["state"], restored["data"], step
-        if failed:  # none restores: most likely another config's run, so touch nothing
-            step, err = failed[0]
-            raise ValueError(
-                f"no checkpoint in {self.directory} restores into this config's train state "
-                f"(step {step}: {type(err).__name__}: {' '.join(str(err).split())[:300]}); "
-                f"was this --workdir trained with another config? Use a new --workdir"
-            )
-        return None
+        return restore_newest(
+            self.manager, self.directory, lambda _: abstract_state,
+            expected=abstract_state, items=("data", "config"),
+        )
 
-    def _signature(self, step: int):
-        """`_signature` of the state saved at `step`, or None if its metadata is unreadable."""
-        try:
-            return _signature(self.manager.item_metadata(step)["state"])
-        except Exception:  # noqa: BLE001 (a damaged checkpoint: let the restore decide)
-            return None
+    def move_aside_unreadable(self, restored: Restored) -> None:
+        """Moves the checkpoints `restored` skipped to `unreadable-<step>` (kept for
+        inspection), so the resumed run saves those steps again."""
+        if self.is_main:
+            for step, _ in restored.unreadable:
+                self._move_aside(step, "unreadable")
+
+    def discard_from(self, first_bad: int) -> list[int]:
+        """After a divergence: moves the checkpoints of step >= `first_bad` aside to
+        `diverged-<step>` (waiting for a save in flight first); returns their steps."""
+        self.wait_quietly()
+        bad = [s for s in finished_steps(self.directory) if s >= first_bad]
+        if self.is_main:
+            for step in bad:
+                self._move_aside(step, "diverged")
+        return bad
 
     def _prune(self) -> None:
         """Removes all but the newest `max_to_keep` checkpoints: rename, then delete."""
@@ -145,24 +231,52 @@ class Checkpointer:
             shutil.rmtree(doomed, ignore_errors=True)  # a leftover is removed at next start
         self.manager.reload()
 
-    def _move_aside(self, step: int) -> None:
-        """Renames an unreadable checkpoint out of the manager's sight (kept for inspection)."""
-        target = self.directory / f"unreadable-{step}"
+    def _move_aside(self, step: int, why: str) -> None:
+        """Renames checkpoint `step` to `<why>-<step>`, out of the manager's sight."""
+        target = self.directory / f"{why}-{step}"
         suffix = 0
         while target.exists():
             suffix += 1
-            target = self.directory / f"unreadable-{step}.{suffix}"
+            target = self.directory / f"{why}-{step}.{suffix}"
         (self.directory / str(step)).rename(target)
-        self.manager.reload()
+        if not self._closed:
+            self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        if self.saved_any:
-            self._prune()
-        self.manager.close()
+    def wait_quietly(self) -> None:
+        """Waits for a save in flight; its failure is logged, not raised (a run that
+        already stops for another reason)."""
+        if self._closed:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001
+            log.warning("the last checkpoint save failed too: %s", one_line(err))
+
+    def close(self, prune: bool = True) -> None:
+        """Waits for the last save, prunes, and releases orbax's threads.
+
+        Everything is released even if the last save failed; that failure is raised
+        afterwards. A second call does nothing.
+        """
+        if self._closed:
+            return
+        error = None
+        try:
+            self.manager.wait_until_finished()
+            if prune and self.saved_any:
+                self._prune()
+        except Exception as err:  # noqa: BLE001 (raised below, once orbax is released)
+            error = err
+        try:
+            self.manager.close()
+        except Exception as err:  # noqa: BLE001
+            error = error or err
+        self._closed = True
+        if error is not None:
+            raise error
 
 
 def _item_handlers() -> dict:
@@ -175,11 +289,26 @@ def _signature(state_tree) -> list:
     return sorted((tuple(leaf.shape), str(leaf.dtype)) for leaf in jax.tree.leaves(state_tree))
 
 
+def _paths(state_tree) -> list:
+    """The sorted key paths of the arrays of a state (or its checkpoint metadata), as
+    strings: a TrainState's attributes and the metadata's dict keys read alike."""
+    def name(key):
+        for attr in ("name", "key", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    flat = jax.tree_util.tree_flatten_with_path(state_tree)[0]
+    return sorted("/".join(map(name, path)) for path, _ in flat)
+
+
 def load_run(workdir: str | pathlib.Path, step: int | None = None):
     """`(cfg, model, variables, step)` of a training run, for sampling or evaluation.
 
     Reads the config saved in the workdir and the EMA parameters (plus BatchNorm
-    statistics, if any) of checkpoint `step` (the latest when None).
+    statistics, if any) of checkpoint `step`; without `step`, of the newest checkpoint
+    that restores (`restore_newest`: an unreadable newer one is skipped with a warning,
+    and nothing in the workdir is changed). A ValueError for anything unusable.
     """
 
     workdir = pathlib.Path(workdir)
@@ -188,24 +317,20 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None):
         raise ValueError(f"workdir {str(workdir)!r} holds no config.json: not a jaxar run")
     cfg = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     cfg.data.shape = tuple(cfg.data.shape)
-    manager = ocp.CheckpointManager(
-        workdir.absolute() / "checkpoints", item_handlers=_item_handlers()
-    )
-    steps = manager.all_steps()
-    if not steps:
-        raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
-    step = max(steps) if step is None else step
-    if step not in steps:
-        raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
+    directory = workdir.absolute() / "checkpoints"
     # Whatever devices or processes wrote the checkpoint, read it onto one local device.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(step)["state"],
+    target = lambda metadata: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
     )
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    state = state["state"]
-    manager.close()
+    with ocp.CheckpointManager(directory, item_handlers=_item_handlers()) as manager:
+        steps = manager.all_steps()
+        if not steps:
+            raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
+        if step is not None and step not in steps:
+            raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
+        restored = restore_newest(manager, directory, target, step=step)
+    state, step = restored.state, restored.step
     variables = {"params": state["ema_params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]

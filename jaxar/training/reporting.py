@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -13,17 +14,24 @@ from PIL import Image
 class MetricsWriter:
     """Appends one JSON object per logged step to `metrics.jsonl`, mirrored to TensorBoard.
 
-    Only process 0 writes; the other hosts get a writer that does nothing.
+    Only process 0 writes; the other hosts get a writer that does nothing. A run that
+    resumes from step `start_step` first drops the rows of later steps (logged by the
+    interrupted run after its last checkpoint) and has TensorBoard purge those steps,
+    so every step appears once. Write errors (OSError) are raised.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter  # noqa: PLC0415 (heavy import, process 0 only)
 
-            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+            tb_dir = pathlib.Path(workdir) / "tensorboard"
+            resumed = drop_metrics_after(workdir, start_step) or (
+                tb_dir.is_dir() and any(tb_dir.glob("events.*")))
+            # purge_step: TensorBoard hides the earlier files' events from this step on.
+            self._tb = SummaryWriter(str(tb_dir), purge_step=start_step + 1 if resumed else None)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -37,7 +45,32 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            tb.close()
+
+
+def drop_metrics_after(workdir: str | pathlib.Path, step: int) -> bool:
+    """Rewrites metrics.jsonl without its rows of steps after `step` (and any line cut
+    short by a kill), atomically; True if the file existed."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return False
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += line.strip() != ""
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return True
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:

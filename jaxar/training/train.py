@@ -8,12 +8,21 @@ log-likelihood in bits per dimension; the Polyak average of the parameters
 cuts the global batch into micro-batches whose gradients are averaged;
 `train.compute_dtype = "bfloat16"` runs the network in bfloat16 on float32
 parameters and computes likelihoods in float32.
+
+A run stops cleanly (`RunFailed`, one line from the CLI, exit code 1) on a loss that
+is not finite or above `train.max_bpd` (`Diverged`: checkpoints holding the diverged
+parameters are moved aside to `diverged-<step>`; one is saved only after its step's
+loss passed and with finite parameters), on a checkpoint, metrics or sample write
+that fails, and on a data read that fails; the message names the checkpoint a re-run
+resumes from. One process at a time trains in a workdir (`jaxar.training.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import os
 import pathlib
 import time
@@ -28,10 +37,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar import data, sampling
+from jaxar import config, data, sampling
 from jaxar import models as models_lib
 from jaxar.models.common import rng_context
 from jaxar.training import checkpoint, precision, reporting, sharding
+from jaxar.training import lock as workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +92,7 @@ def nll_nats(model, params, batch_stats, batch, rng=None, train=False,
     """
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     labels = batch["labels"] if model.num_classes else None
-    cond = models_lib.default_cond(model, batch["x"])
+    cond = model.derive_cond(batch["x"])
     kwargs = dict(train=train, **(model.training_kwargs(rng) if train else {}))
     if train:
         dropout_rng, _ = jax.random.split(rng)
@@ -216,6 +226,13 @@ class Trainer:
             ),
             out_shardings=self.replicated,
         )
+        self._all_finite = jax.jit(
+            _all_finite, in_shardings=(state_sharding,), out_shardings=self.replicated
+        )
+
+    def state_is_finite(self, state: TrainState) -> bool:
+        """Whether every float of the state (parameters, average, optimizer) is finite."""
+        return bool(self._all_finite(state))
 
     def _abstract_state(self, fsdp_min_size: int) -> TrainState:
         """Shapes, dtypes and shardings of a new state (for init and restore), computing nothing."""
@@ -286,25 +303,79 @@ def write_samples(trainer: Trainer, state, step: int, workdir: pathlib.Path, tes
     cond = None
     if model.cond_shape:
         first = test_split.get(np.arange(min(n, len(test_split))))["x"]
-        cond = models_lib.default_cond(model, jnp.asarray(np.resize(first, (n, *first.shape[1:]))))
+        cond = model.derive_cond(jnp.asarray(np.resize(first, (n, *first.shape[1:]))))
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
     x = sampling.sample(model, variables, key, n, labels=labels, cond=cond)
     image_shape = cfg.data.get("image_shape", None)
-    reporting.save_image_grid(
-        workdir / f"samples_{step}.png", np.asarray(x), model.num_levels, image_shape
-    )
-
-
-def _check_finite(step: int, metrics: dict) -> dict[str, float]:
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not np.isfinite(values["train/bpd"]):
-        raise FloatingPointError(f"loss is {values['train/bpd']} at step {step}")
-    return values
+    path = workdir / f"samples_{step}.png"
+    with _failing(f"writing {path}"):
+        reporting.save_image_grid(path, np.asarray(x), model.num_levels, image_shape)
 
 
 class BadInput(ValueError):
     """A config, dataset or workdir that cannot be trained: what `python -m jaxar.cli.train`
     reports in one line with exit code 2 (other errors keep their tracebacks)."""
+
+
+class RunFailed(RuntimeError):
+    """A run that stopped before its last step, with everything closed: a checkpoint,
+    metrics or sample write that failed (read-only or full disk), a data loader that
+    failed, or a loss that diverged. `python -m jaxar.cli.train` reports it in one line
+    with exit code 1; the message names the checkpoint a re-run resumes from."""
+
+
+class Diverged(RunFailed, FloatingPointError):
+    """A non-finite loss or parameters, or a loss above `train.max_bpd`, at `step`.
+    Checkpoints of steps >= `first_bad` hold the diverged parameters."""
+
+    def __init__(self, message: str, step: int, first_bad: int):
+        super().__init__(message)
+        self.step, self.first_bad = step, first_bad
+
+
+@contextlib.contextmanager
+def _failing(what: str, errors: tuple = (Exception,)):
+    """Any of `errors` inside (from I/O, orbax, a data source) becomes one RunFailed line."""
+    try:
+        yield
+    except (RunFailed, BadInput, KeyboardInterrupt):
+        raise
+    except errors as err:  # reported in one line, chained for the API
+        raise RunFailed(f"{what} failed: {checkpoint.one_line(err)}") from err
+
+
+def max_bpd(cfg, model) -> float:
+    """`train.max_bpd`, or its default: 8 x log2(num_levels), 8 times a uniform model's."""
+    value = cfg.train.get("max_bpd", None)
+    if value is None:
+        return 8.0 * math.log2(model.num_levels)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"train.max_bpd must be a number > 0 (inf: no limit) or None, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _check_loss(step: int, metrics: dict, limit: float) -> dict[str, float]:
+    """The step's metrics as floats; Diverged if its loss is non-finite or above `limit`.
+
+    The loss of step s is that of the parameters after step s - 1, so the checkpoint of
+    step s - 1 (if any) holds the diverged parameters too.
+    """
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bpd = values["train/bpd"]
+    if not np.isfinite(bpd):
+        raise Diverged(f"training diverged: the loss is {bpd} at step {step}", step, step - 1)
+    if bpd > limit:
+        raise Diverged(f"training diverged: the loss is {bpd:.4g} bits/dim at step {step}, "
+                       f"above train.max_bpd={limit:.4g}", step, step - 1)
+    return values
+
+
+def _all_finite(tree) -> jax.Array:
+    """True if every float of `tree` is finite."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
 
 
 def _usable_workdir(workdir) -> pathlib.Path:
@@ -323,86 +394,180 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
     """Trains `cfg` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     With several processes, every process runs this with the same arguments and
-    `workdir` must be one shared directory; process 0 writes metrics and samples.
+    `workdir` must be one shared directory; process 0 writes metrics and samples and
+    holds the workdir's lock (`jaxar.training.lock`) while training.
+
+    Raises BadInput for input that cannot be trained (before anything is written) and
+    RunFailed (Diverged for a diverged loss) for a run that had to stop; either way
+    every file, thread and the lock are released first.
     """
     is_main = jax.process_index() == 0
-    try:  # everything that checks the user's input, before any training
-        workdir = _usable_workdir(workdir)
-        model = models_lib.build_model(cfg)
-        trainer = Trainer(model, cfg)
-        data_cfg = cfg.copy_and_resolve_references()
-        data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
-        train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
-        ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
-        try:
-            restored = ckpt.restore_latest(trainer.abstract_state)
-        except ValueError:
-            ckpt.close()  # its orbax threads must not outlive it
-            raise
-    except ValueError as err:
-        raise BadInput(str(err)) from err
-    if is_main:  # after the restore: a workdir of another config keeps its config.json
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-        mesh = trainer.mesh.shape
-        print(f"{jax.process_count()} process(es), {jax.device_count()} device(s): mesh "
-              f"data={mesh[sharding.DATA]} x fsdp={mesh[sharding.FSDP]}", flush=True)
-
-    if restored is None:
-        # Every process reads the whole (small) init batch.
-        init_count = min(cfg.train.init_batch_size, len(train_iter.split))
-        init_batch = train_iter.split.get(np.arange(init_count))
-        state = trainer.init_state(jax.random.PRNGKey(cfg.seed), init_batch)
-    else:
-        state, data_state, step = restored
-        train_iter.set_state(data_state)
-        if is_main:
-            print(f"resumed from the checkpoint at step {step} in {ckpt.directory}", flush=True)
-    writer = reporting.MetricsWriter(workdir, enabled=is_main)
+    lock = ckpt = writer = None
     try:
-        state = _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir)
-    finally:
-        ckpt.close()
-        writer.close()
-    return state
+        try:  # everything that checks the user's input, before any training
+            config.validate(cfg, workdir)  # every key and value, before anything is written
+            workdir = _usable_workdir(workdir)
+            lock = workdir_lock.WorkdirLock(workdir).acquire()
+            model = models_lib.build_model(cfg)
+            limit = max_bpd(cfg, model)
+            trainer = Trainer(model, cfg)
+            data_cfg = cfg.copy_and_resolve_references()
+            data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
+            with _failing("loading the data", errors=(OSError,)):  # ValueError: bad input
+                train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
+            ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
+            restored = ckpt.restore_latest(trainer.abstract_state)
+            if restored is not None:
+                _check_resumable(cfg, restored, ckpt.directory)
+                train_iter.set_state(restored.data)
+        except ValueError as err:
+            raise BadInput(str(err)) from err
+        if restored is not None:
+            ckpt.move_aside_unreadable(restored)
+        if is_main:  # after the restore: a workdir of another config keeps its config.json
+            with _failing(f"writing {workdir / 'config.json'}"):
+                (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+            mesh = trainer.mesh.shape
+            print(f"{jax.process_count()} process(es), {jax.device_count()} device(s): mesh "
+                  f"data={mesh[sharding.DATA]} x fsdp={mesh[sharding.FSDP]}", flush=True)
+
+        if restored is None:
+            # Every process reads the whole (small) init batch.
+            init_count = min(cfg.train.init_batch_size, len(train_iter.split))
+            with _failing("reading the initialization batch"):
+                init_batch = train_iter.split.get(np.arange(init_count))
+            state = trainer.init_state(jax.random.PRNGKey(cfg.seed), init_batch)
+        else:
+            state = restored.state
+            if is_main:
+                print(f"resumed from the checkpoint at step {restored.step} in "
+                      f"{ckpt.directory}", flush=True)
+        with _failing(f"opening the metrics of {workdir}"):
+            writer = reporting.MetricsWriter(
+                workdir, enabled=is_main, start_step=0 if restored is None else restored.step)
+        state = _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit)
+        with _failing(f"saving the last checkpoint in {ckpt.directory}"):
+            ckpt.close()
+        with _failing(f"closing the metrics of {workdir}"):
+            writer.close()
+        return state
+    except RunFailed as err:
+        try:
+            note = _resume_note(ckpt, err)
+        except Exception as note_error:  # noqa: BLE001 (the failure itself is the news)
+            note = f"the checkpoints could not be listed ({checkpoint.one_line(note_error)})"
+        err.args = (f"{err}; {note}",)
+        raise
+    finally:  # after a failure: release orbax's threads, TensorBoard's and the lock
+        if ckpt is not None:
+            _quietly(ckpt.close, prune=False)
+        if writer is not None:
+            _quietly(writer.close)
+        if lock is not None:
+            lock.release()
 
 
-def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir):
+def _check_resumable(cfg, restored: checkpoint.Restored, directory) -> None:
+    """ValueError if the run cannot continue from `restored` with `cfg`.
+
+    A changed train.batch_size is refused: the data position is counted in batches
+    of the saved size, and a resumed run would no longer be the run it continues (nor
+    equal an uninterrupted one). Everything else (learning rate, num_steps, mesh, ...)
+    may change on resume.
+    """
+    saved = ((restored.config or {}).get("train") or {}).get("batch_size")
+    if saved is not None and saved != cfg.train.batch_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} differs from the batch size "
+            f"{saved} of the checkpoint at step {restored.step} in {directory}: its data "
+            f"position does not carry over. Resume with --config.train.batch_size={saved}, "
+            f"or use a new --workdir"
+        )
+
+
+def _resume_note(ckpt, err: RunFailed) -> str:
+    """Where a re-run resumes after `err`; diverged checkpoints are moved aside first."""
+    if ckpt is None:
+        return "no checkpoint was touched"
+    ckpt.wait_quietly()
+    note = ""
+    if isinstance(err, Diverged):
+        moved = ckpt.discard_from(err.first_bad)
+        if moved:
+            note = (f"the checkpoint(s) of step {', '.join(map(str, moved))} hold the diverged "
+                    f"parameters and were moved aside to diverged-<step>; ")
+    steps = checkpoint.finished_steps(ckpt.directory)
+    if not steps:
+        return note + "no checkpoint is left: a re-run starts from scratch"
+    return (note + f"the last good checkpoint is step {steps[-1]} in {ckpt.directory}: a "
+            f"re-run resumes from it")
+
+
+def _quietly(close, **kwargs) -> None:
+    """Closes something while a run already stops for another reason: errors are logged."""
+    try:
+        close(**kwargs)
+    except Exception as err:  # noqa: BLE001
+        log.warning("while stopping: %s", checkpoint.one_line(err))
+
+
+def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=math.inf):
+    """Trains to train.num_steps. Every step's loss is checked (`_check_loss`, against
+    `limit` = train.max_bpd) before a checkpoint of that step is saved, and the state's
+    finiteness before any evaluation, sample or save; failed reads and writes raise
+    RunFailed, a divergence Diverged."""
     cfg = trainer.cfg
     t = cfg.train
     start = int(state.step)
     progress = _progress(start, t.num_steps)
+    check = lambda step, metrics: _check_loss(step, metrics, limit)
     window, tic, pending = [], time.perf_counter(), None
-    for step in range(start + 1, t.num_steps + 1):
-        with rng_context():
-            state, metrics = trainer.train_step(state, trainer.device_batch(next(train_iter)))
-        if pending is not None:  # fetching the previous step's metrics overlaps this one
-            window.append(_check_finite(*pending))
-        pending = (step, metrics)
-        if step % t.log_every_steps == 0 or step == t.num_steps:
-            window.append(_check_finite(*pending))
-            pending = None
-            elapsed = time.perf_counter() - tic
-            summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            summary["train/images_per_sec"] = len(window) * t.batch_size / elapsed
-            writer.write(step, summary)
-            progress.set_postfix(
-                bpd=f"{summary['train/bpd']:.4f}", img_s=f"{summary['train/images_per_sec']:.0f}"
-            )
-            window, tic = [], time.perf_counter()
-        progress.update(1)
-        last = step == t.num_steps
-        if step % t.eval_every_steps == 0 or last:
-            result = trainer.evaluate(state, test_split)
-            writer.write(step, result)
-            if jax.process_index() == 0:
-                progress.write(f"step {step}: eval bpd {result['eval/bpd']:.4f}")
-        if step % t.sample_every_steps == 0 or last:
-            write_samples(trainer, state, step, workdir, test_split)
-        if step % t.checkpoint_every_steps == 0 or last:
-            ckpt.save(step, state, train_iter.get_state(), cfg)
-        if step % t.eval_every_steps == 0 or step % t.sample_every_steps == 0:
-            tic = time.perf_counter()  # keep evaluation and sampling out of images/s
-    progress.close()
+    try:
+        for step in range(start + 1, t.num_steps + 1):
+            with _failing(f"reading the training data for step {step}"):
+                batch = next(train_iter)
+            with rng_context():
+                state, metrics = trainer.train_step(state, trainer.device_batch(batch))
+            if pending is not None:  # fetching the previous step's metrics overlaps this one
+                window.append(check(*pending))
+            pending = (step, metrics)
+            last = step == t.num_steps
+            log_now = step % t.log_every_steps == 0 or last
+            eval_now = step % t.eval_every_steps == 0 or last
+            sample_now = step % t.sample_every_steps == 0 or last
+            save_now = step % t.checkpoint_every_steps == 0 or last
+            if log_now or save_now:  # a checkpoint is saved only after its step's loss passed
+                window.append(check(*pending))
+                pending = None
+            if log_now:
+                elapsed = time.perf_counter() - tic
+                summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                summary["train/images_per_sec"] = len(window) * t.batch_size / elapsed
+                with _failing(f"writing the metrics of step {step} to {writer.path}"):
+                    writer.write(step, summary)
+                progress.set_postfix(bpd=f"{summary['train/bpd']:.4f}",
+                                     img_s=f"{summary['train/images_per_sec']:.0f}")
+                window, tic = [], time.perf_counter()
+            progress.update(1)
+            if (eval_now or sample_now or save_now) and not trainer.state_is_finite(state):
+                raise Diverged(f"training diverged: the parameters are not finite after step "
+                               f"{step}", step, step)
+            if eval_now:
+                with _failing(f"evaluating step {step} (reading the test data)"):
+                    result = trainer.evaluate(state, test_split)
+                with _failing(f"writing the metrics of step {step} to {writer.path}"):
+                    writer.write(step, result)
+                if jax.process_index() == 0:
+                    progress.write(f"step {step}: eval bpd {result['eval/bpd']:.4f}")
+            if sample_now:
+                write_samples(trainer, state, step, workdir, test_split)
+            if save_now:
+                with _failing(f"saving checkpoints in {ckpt.directory} (at step {step})"):
+                    ckpt.save(step, state, train_iter.get_state(), cfg)
+            if step % t.eval_every_steps == 0 or step % t.sample_every_steps == 0:
+                tic = time.perf_counter()  # keep evaluation and sampling out of images/s
+    finally:  # the bar ends its line, also before an error's
+        progress.close()
     return state
 
 
