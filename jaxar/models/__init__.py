@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import numpy as np
 
 from jaxar.models import (
+    base,
     common,
     configs,
     gated_pixelcnn,
@@ -21,6 +21,9 @@ from jaxar.models import (
 )
 
 # name -> model class; each class is built from `cfg.model` by `configs.build`.
+grouped_log_prob = base.grouped_log_prob
+nats_to_bits_per_dim = base.nats_to_bits_per_dim
+
 REGISTRY = {
     "made": made.MADE,
     "pixelcnn": pixelcnn.PixelCNN,
@@ -90,22 +93,10 @@ def apply_log_prob(model, variables, x, labels=None, cond=None, **apply_kwargs):
     return grouped_log_prob(model, params, x)
 
 
-def grouped_log_prob(model, params, x):
-    """Turns model outputs into per-dimension log-probs of x's shape."""
-    lik = model.likelihood
-    x_groups = x if lik.groups_channels else x[..., None]
-    return lik.log_prob(params, x_groups).reshape(x.shape)
-
-
 def bits_per_dim(model, variables, x, labels=None, cond=None):
     """Negative log-likelihood of each example in bits per dimension, shape [batch]."""
     lp = log_prob(model, variables, x, labels, cond)
     return nats_to_bits_per_dim(-lp.reshape(lp.shape[0], -1).sum(-1), model.event_shape)
-
-
-def nats_to_bits_per_dim(nll_nats, event_shape):
-    """The one conversion from nats per example to bits per dimension."""
-    return nll_nats / (math.prod(event_shape) * math.log(2.0))
 
 
 def ordering(model) -> np.ndarray:

@@ -14,20 +14,40 @@ images, `[L]` sequences), `num_levels` (values per dimension) and `num_classes`
   likelihoods, `event_shape[:-1]` for one over a pixel's channels (`dmol`).
 * `ordering()`: the generation step of every dimension (raster by default).
 * `cond_shape` / `derive_cond(x)`: the shape of a spatial or temporal
-  conditioning map and how it is computed from a training batch (None: none).
+  conditioning map and how it is computed from a training batch (None: none; a
+  dataset may also serve it as the batch's "cond", e.g. a prior's coarser codes);
+  `cond_levels`: 0 for a float map, K for integer codes in [0, K).
 * `training_kwargs(rng)`: extra `__call__` arguments drawn per training step
   (MADE's mask set); `ensemble_log_prob(...)`: a test-time ensemble over them,
   of at most `ensemble_size` members.
 * `decoder(variables, labels, cond, batch)`: the model's `Decoder` for cached
-  sampling. Every model has one; `jaxar.sampling` runs it in its one loop.
+  sampling. Every autoregressive model has one; `jaxar.sampling` runs it in its one loop.
+
+What the trainer minimizes and reports (defaults: the negative log-likelihood):
+
+* `loss(x, labels=None, cond=None, train=False, **training_kwargs)`: per-example
+  metrics, a dict of float32 `[B, ...]` arrays; `metrics[loss_metric]` `[B]` is the
+  objective (its batch mean is minimized and checked for divergence). Default:
+  `{"bpd": ..., "nll_nats": ...}`.
+* `summarize(means)`: the reported metrics from the batch (or test-set) means of
+  `loss`'s metrics (traceable), e.g. a perplexity from a mean code histogram.
+* `preview(variables, key, num, examples, sample)`: the images a training run writes
+  at a sample step and the grid's number of columns (None: about square):
+  `([N, *event_shape] ints in [0, num_levels), cols)`; `num` samples drawn with
+  `sample` (`jaxar.sampling.sample`) by default; an autoencoder shows `examples`
+  (a test batch, dict of numpy arrays) in one row above their reconstructions.
+* `autoregressive`: False for models that are not a distribution over their input
+  (the VQ-VAE): they have no sampler and no bits/dim.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -75,11 +95,32 @@ def is_raster(model) -> bool:
     return bool(np.array_equal(order, np.arange(order.shape[0])))
 
 
+def grouped_log_prob(model, params, x):
+    """Turns model outputs into per-dimension log-probs of x's shape."""
+    lik = model.likelihood
+    x_groups = x if lik.groups_channels else x[..., None]
+    return lik.log_prob(params, x_groups).reshape(x.shape)
+
+
+def nats_to_bits_per_dim(nll_nats, event_shape):
+    """The one conversion from nats per example to bits per dimension."""
+    return nll_nats / (math.prod(event_shape) * math.log(2.0))
+
+
+def nll_metrics(model, nll_nats_B) -> dict:
+    """The likelihood models' per-example metrics from their NLL in nats `[B]`."""
+    return {"bpd": nats_to_bits_per_dim(nll_nats_B, model.event_shape), "nll_nats": nll_nats_B}
+
+
 class Model(nn.Module):
     """Base class of every jaxar model: the protocol's defaults (see the module docstring)."""
 
     # Not dataclass fields (no annotation): models without conditioning maps keep None.
     cond_shape = None
+    # 0: `cond` is a float map; K > 0: integer codes in [0, K) (a coarser VQ-VAE code map).
+    cond_levels = 0
+    autoregressive = True
+    loss_metric = "bpd"
 
     @property
     def likelihood(self):
@@ -112,6 +153,32 @@ class Model(nn.Module):
             f"eval.ensemble_masks={num_members}: {type(self).__name__} has no test-time "
             "ensemble; use 1"
         )
+
+    def loss(self, x, labels=None, cond=None, train: bool = False, **kwargs) -> dict:
+        """Per-example metrics `[B]`: bits/dim (the objective) and the NLL in nats.
+
+        The network may compute in a lower precision; the likelihood is float32.
+        """
+        params = self(x, labels, cond, train=train, **kwargs)
+        lp = grouped_log_prob(self, params.astype(jnp.float32), x)
+        return nll_metrics(self, -lp.reshape(lp.shape[0], -1).sum(-1))
+
+    @nn.nowrap
+    def summarize(self, means: dict) -> dict:
+        """The reported metrics from the means of `loss`'s metrics (traceable)."""
+        return means
+
+    @nn.nowrap
+    def preview(self, variables, key, num: int, examples: dict, sample: Callable):
+        """`num` samples (labels cycling over the classes; `cond` from `examples`), None."""
+        labels = jnp.arange(num, dtype=jnp.int32) % self.num_classes if self.num_classes else None
+        cond = None
+        if self.cond_shape:
+            cond = examples.get("cond")
+            if cond is None:
+                cond = self.derive_cond(jnp.asarray(examples["x"]))
+            cond = jnp.asarray(np.resize(np.asarray(cond), (num, *np.shape(cond)[1:])))
+        return sample(self, variables, key, num, labels=labels, cond=cond), None
 
     @nn.nowrap
     def decoder(self, variables, labels, cond, batch: int) -> Decoder:

@@ -50,6 +50,9 @@ def sample(
       number of passes is logged at INFO); "auto" is "cached". Same key ->
       same samples, whatever the method.
     """
+    if not model.autoregressive:
+        raise ValueError(f"model: {type(model).__name__} is not an autoregressive model and "
+                         "has no sampler (sample a prior over its codes instead)")
     num_samples = common.check_count("num_samples", num_samples)
     common.check_temperature(temperature)
     for name, value in (("known", known), ("known_mask", known_mask)):
