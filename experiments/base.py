@@ -14,15 +14,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     cfg.model.ordering = "raster"
 
     cfg.data = ml_collections.ConfigDict()
-    cfg.data.source = "embedded"  # embedded | tfds | folder | synthetic (+ audio sources)
+    cfg.data.source = "embedded"  # embedded | tfds | folder | synthetic | codes (+ audio)
     cfg.data.name = "mnist"
     cfg.data.shape = (28, 28, 1)
     cfg.data.num_levels = 2  # 8-bit pixels are reduced as x * num_levels // 256
     cfg.data.tfds_dir = config_dict.placeholder(str)
     cfg.data.num_train = config_dict.placeholder(int)  # use only the first N examples
     cfg.data.num_test = config_dict.placeholder(int)
-    # Read by data.source="folder" only (see jaxar/image_folder.py).
+    # data.source="folder": the image folder (jaxar/data/image_folder.py); "codes": the
+    # workdir of a trained VQ-VAE run, whose "top" or "bottom" code maps data.level picks.
     cfg.data.path = ""
+    cfg.data.level = "top"
     cfg.data.labels_from_subfolders = False
     cfg.data.test_fraction = 0.1
     # Label classes of data.source="synthetic" (0: no labels); other sources declare theirs.

@@ -45,8 +45,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 # data keys read by one data.source only: any other value than the base config's is
 # refused with another source. (data.num_classes, read by "synthetic", must match the
 # classes other sources declare: `jaxar.data.create_datasets` checks it.)
-_SOURCE_KEYS = {"path": "folder", "labels_from_subfolders": "folder", "test_fraction": "folder",
-                "tfds_dir": "tfds"}
+_SOURCE_KEYS = {"path": ("folder", "codes"), "labels_from_subfolders": ("folder",),
+                "test_fraction": ("folder",), "tfds_dir": ("tfds",), "level": ("codes",)}
 _EVERY_STEPS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "sample_every_steps")
 _MISSING = object()
@@ -203,10 +203,11 @@ def _check_data(cfg, get) -> None:
     defaults = base.get_base_config().data
     for key, only in _SOURCE_KEYS.items():
         value = get(f"data.{key}")
-        if source is not _MISSING and value is not _MISSING and source != only \
+        if source is not _MISSING and value is not _MISSING and source not in only \
                 and value != defaults[key]:
+            readers = " or ".join(repr(o) for o in only)
             raise ValueError(
-                f"data.{key} is read only with data.source={only!r}, got data.{key}={value!r} "
+                f"data.{key} is read only with data.source={readers}, got data.{key}={value!r} "
                 f"with data.source={source!r}"
             )
     image_shape = get("data.image_shape")

@@ -76,7 +76,7 @@ def test_every_model_refuses_a_key_it_does_not_read(name):
     # Keys of other families: each is read by some model, but not by this one.
     foreign = {"made": "dilations", "pixelcnn": "hidden", "gated_pixelcnn": "dilations",
                "pixelcnn_pp": "hidden", "pixelsnail": "hidden", "wavenet": "hidden",
-               "transformer": "hidden"}[name]
+               "transformer": "hidden", "vqvae": "hidden"}[name]
     shape = (16,) if name == "wavenet" else (4, 4, 3)
     cfg = tiny_config(name, shape, 256, **{foreign: (1,)})
     with pytest.raises(ValueError, match=f"unknown config key model.{foreign} for model "

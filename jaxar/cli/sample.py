@@ -3,11 +3,17 @@
   jaxar-sample --workdir runs/pixelcnn_mnist --num 64 --out grid.png
   jaxar-sample --workdir runs/gated_class --labels 0,1,2 --temperature 0.9 --out c.png
   jaxar-sample --workdir runs/pixelcnn_mnist --complete 3 --keep rows:14 --out done.png
+  jaxar-sample --workdir runs/prior_bottom --top runs/prior_top --num 16 --out latent.png
 
 `--complete` takes a PNG (resized to the model's image size) or an index into the run's
 test split; `--keep rows:N` / `cols:N` keeps the top rows / left columns, `--keep mask.png`
 keeps the pixels that are white in the mask. The completion grid shows the original, the
 occluded input (unknown pixels grey) and `--num` completions, one row per original.
+
+`--top TOP_PRIOR` samples through a VQ-VAE's latent space (`jaxar.training.latent`):
+`--workdir` is then the bottom prior, and top codes, bottom codes given them and the
+VQ-VAE's decoding make each image; `--complete` works in code space (the image is
+encoded, the codes of the kept region stay, the rest are sampled).
 
 Run as `python -m jaxar.cli.sample`; in Python use `jaxar.sample(...)` (the function).
 Bad input ends with one line on stderr and exit code 2.
@@ -25,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from jaxar import data, sampling
-from jaxar.training import checkpoint, reporting
+from jaxar.training import checkpoint, latent, reporting
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--complete", default=None, help="PNG file or test-set index to complete")
     p.add_argument("--keep", default="rows:14", help="rows:N, cols:N or a mask PNG")
+    p.add_argument("--top", default=None,
+                   help="top prior's workdir: sample through a VQ-VAE (--workdir: bottom prior)")
     return p
 
 
@@ -119,13 +127,51 @@ def _to_display(x, num_levels, image_shape, unknown=None) -> np.ndarray:
     return pixels.round().astype(np.int32)
 
 
-def run(args) -> str:
-    cfg, model, variables, step = checkpoint.load_run(args.workdir, args.step)
+def _check_out(args) -> None:
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     out_dir = pathlib.Path(args.out).absolute().parent
     if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
         raise ValueError(f"--out: directory {str(out_dir)!r} does not exist or is not writable")
+
+
+def _completion_grid(original, mask, xs, num_levels, shape, num) -> np.ndarray:
+    """The original, the occluded input (unknown pixels grey) and the completions."""
+    return np.concatenate([
+        _to_display(original, num_levels, shape),
+        _to_display(original, num_levels, shape, unknown=~mask),
+        _to_display(xs, num_levels, shape),
+    ])
+
+
+def run_latent(args) -> str:
+    """`--top`: sampling (or completing) through a VQ-VAE's latent space."""
+    if args.step is not None:
+        raise ValueError("--step is not read with --top (each run's newest checkpoint is used)")
+    pipeline = latent.load(args.workdir, args.top)
+    _check_out(args)
+    vq = pipeline.vqvae
+    key = jax.random.key(args.seed)
+    labels = parse_labels(args.labels, pipeline.top.model, args.num)
+    levels = vq.model.num_levels
+    if args.complete is None:
+        xs = latent.generate(pipeline, key, args.num, labels, args.temperature, args.method)
+        reporting.save_image_grid(args.out, xs, levels)
+        return f"wrote {args.num} samples through the VQ-VAE's latent space to {args.out}"
+    original = load_original(args.complete, vq.cfg, vq.model)
+    mask = keep_mask(args.keep, vq.cfg, vq.model)
+    xs = latent.complete(pipeline, key, original, mask, args.num, labels, args.temperature,
+                         args.method)
+    row = _completion_grid(original, mask, xs, levels, vq.model.event_shape, args.num)
+    reporting.save_image_grid(args.out, row, 256, cols=args.num + 2)
+    return f"wrote original, occluded input and {args.num} code-space completions to {args.out}"
+
+
+def run(args) -> str:
+    if args.top is not None:
+        return run_latent(args)
+    cfg, model, variables, step = checkpoint.load_run(args.workdir, args.step)
+    _check_out(args)
     key = jax.random.key(args.seed)
     labels = parse_labels(args.labels, model, args.num)
     if args.complete is None:
@@ -140,12 +186,8 @@ def run(args) -> str:
     known_mask = np.broadcast_to(mask, known.shape).copy()
     xs = sampling.sample(model, variables, key, args.num, labels, args.temperature,
                          known=known, known_mask=known_mask, method=args.method)
-    shape = _image_shape(cfg, model)
-    row = np.concatenate([
-        _to_display(original, model.num_levels, shape),
-        _to_display(original, model.num_levels, shape, unknown=~mask),
-        _to_display(xs, model.num_levels, shape),
-    ])
+    row = _completion_grid(original, mask, xs, model.num_levels, _image_shape(cfg, model),
+                           args.num)
     reporting.save_image_grid(args.out, row, 256, cols=args.num + 2)
     return f"wrote original, occluded input and {args.num} completions (step {step}) to {args.out}"
 

@@ -19,6 +19,9 @@ Sources (`cfg.data.source` / `cfg.data.name`):
   read without tfds builders), cropped to `data.shape` = (length,), 8-bit mu-law codes.
 - "folder" (any name): every image under `data.path`, centre-cropped and resized to
   `data.shape`, split by path hash, optional labels from sub-folders (`jaxar.data.image_folder`).
+- "codes" (any name): the code maps of a trained VQ-VAE run in `data.path`, level
+  `data.level` ("top", or "bottom" with the top codes as each batch's "cond"),
+  `jaxar.data.codes`.
 
 Every source declares how many levels its stored values have (256 for 8-bit images, 2 for
 binary data, `data.num_levels` for synthetic data); values are reduced to
@@ -27,8 +30,9 @@ thresholding at 128 and 32 keeps the top 5 bits. The event shape may be any resh
 dataset's native shape, e.g. (784,) for MNIST.
 
 Batches are dicts of numpy arrays: x int32 [local_batch, *data.shape] in
-[0, data.num_levels), labels int32 [local_batch] (zeros without labels) and, for
-evaluation, mask float32 [local_batch].
+[0, data.num_levels), labels int32 [local_batch] (zeros without labels), cond
+[local_batch, ...] for sources that serve a conditioning map and, for evaluation, mask
+float32 [local_batch].
 """
 
 import dataclasses
@@ -43,10 +47,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxar.data import audio, image_folder
+from jaxar.data import audio, codes, image_folder
 from jaxar.data.sources import ArraySource
 
-SOURCES = ("embedded", "synthetic", "tfds", "folder")
+SOURCES = ("embedded", "synthetic", "tfds", "folder", "codes")
 EMBEDDED_NAMES = ("mnist",)
 SYNTHETIC_NAMES = ("random", "stripes")
 # TFDS image datasets with a fixed shape and a "train" split; the test split is "test"
@@ -127,7 +131,10 @@ class Split:
                 f"got [{image.min()}, {image.max()}]"
             )
         x = image * self.num_levels // self.source.levels
-        return {"x": x.reshape(len(indices), *self.event_shape), "labels": raw["label"]}
+        batch = {"x": x.reshape(len(indices), *self.event_shape), "labels": raw["label"]}
+        if "cond" in raw:
+            batch["cond"] = raw["cond"]
+        return batch
 
 
 def _host_share(batch_size: int, key: str, process_index, process_count) -> tuple[int, int]:
@@ -213,11 +220,13 @@ def eval_batches(split: Split, batch_size: int, process_index=None,
     for start in range(offset, len(split) + offset, batch_size):
         rows = np.arange(start, min(start + local, len(split)))
         batch = split.get(rows)
-        x = np.zeros((local, *split.event_shape), np.int32)
-        labels = np.zeros(local, np.int32)
-        mask = np.zeros(local, np.float32)
-        x[:len(rows)], labels[:len(rows)], mask[:len(rows)] = batch["x"], batch["labels"], 1.0
-        yield {"x": x, "labels": labels, "mask": mask}
+        padded = {}
+        for key, value in batch.items():
+            padded[key] = np.zeros((local, *value.shape[1:]), value.dtype)
+            padded[key][:len(rows)] = value
+        padded["mask"] = np.zeros(local, np.float32)
+        padded["mask"][:len(rows)] = 1.0
+        yield padded
 
 
 @functools.lru_cache(maxsize=1)
@@ -330,7 +339,7 @@ def _check_names(data: ml_collections.ConfigDict) -> None:
     """Raises a ValueError naming data.source / data.name if they are unknown."""
     if data.source not in SOURCES:
         raise ValueError(f"data.source={data.source!r} is unknown; expected one of {SOURCES}")
-    if data.source == "folder":  # data.name only labels the run
+    if data.source in ("folder", "codes"):  # data.name only labels the run
         return
     names = {"embedded": EMBEDDED_NAMES, "synthetic": SYNTHETIC_NAMES + audio.SYNTHETIC_NAMES,
              "tfds": TFDS_NAMES + audio.TFDS_NAMES}[data.source]
@@ -359,6 +368,8 @@ def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
         return _synthetic(data, split, cfg.seed)
     if data.source == "folder":
         return image_folder.folder_source(data, split)
+    if data.source == "codes":
+        return codes.codes_source(data, split)
     if data.name in audio.TFDS_NAMES:
         return audio.TfdsAudioSource(
             data.name, split, data.get("tfds_dir", None), math.prod(data.shape)

@@ -17,6 +17,7 @@ from jaxar.models import (
     pixelcnn_pp,
     pixelsnail,
     transformer,
+    vqvae,
     wavenet,
 )
 
@@ -32,6 +33,7 @@ REGISTRY = {
     "pixelsnail": pixelsnail.PixelSNAIL,
     "wavenet": wavenet.WaveNet,
     "transformer": transformer.Transformer,
+    "vqvae": vqvae.VQVAE,
 }
 
 
@@ -48,7 +50,8 @@ def build_model(cfg):
     if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
         raise ValueError(f"data.num_levels must be an int >= 2, got {num_levels!r}")
     model = configs.build(REGISTRY[name], cfg.model, cfg.data.shape, num_levels, name)
-    if model.likelihood.num_levels != num_levels:  # builds, so checks, the likelihood
+    # Builds, so checks, the likelihood; an autoencoder has none.
+    if model.autoregressive and model.likelihood.num_levels != num_levels:
         raise ValueError(f"model.likelihood does not model data.num_levels={num_levels}")
     return model
 

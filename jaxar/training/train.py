@@ -39,8 +39,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxar import config, data, sampling
 from jaxar import models as models_lib
+from jaxar.models import base
 from jaxar.models.common import rng_context
-from jaxar.training import checkpoint, precision, reporting, sharding
+from jaxar.training import checkpoint, codes, precision, reporting, sharding
 from jaxar.training import lock as workdir_lock
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     return optax.chain(*chain)
 
 
-def create_train_state(model, cfg, init_key, rng, x, labels=None) -> TrainState:
-    """A fresh state; params are initialized on batch x (data-dependent where layers need it)."""
-    variables = models_lib.init_variables(model, cfg, init_key, x=x, labels=labels)
+def create_train_state(model, cfg, init_key, rng, x, labels=None, cond=None) -> TrainState:
+    """A fresh state; params are initialized on batch x (data-dependent where layers need it)
+    with its conditioning map `cond` (None: derived from x, if the model has one)."""
+    variables = models_lib.init_variables(model, cfg, init_key, x=x, labels=labels, cond=cond)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -83,16 +85,19 @@ def create_train_state(model, cfg, init_key, rng, x, labels=None) -> TrainState:
     )
 
 
-def nll_nats(model, params, batch_stats, batch, rng=None, train=False,
-             dtype=jnp.float32, micro_step=None):
-    """Per-example negative log-likelihood in nats `[B]` (float32), and updated batch stats.
+def model_loss(model, params, batch_stats, batch, rng=None, train=False,
+               dtype=jnp.float32, micro_step=None):
+    """The model's per-example metrics (`Model.loss`, float32 `[B, ...]`) and updated
+    non-gradient state (BatchNorm averages, EMA codebooks).
 
     The network runs in `dtype`; `micro_step` (gradient accumulation) gives each
     micro-batch its own dropout while the step's other random choices are shared.
+    The conditioning map is the batch's "cond" (a prior's coarser codes) where the data
+    serves one, else what the model derives from x.
     """
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     labels = batch["labels"] if model.num_classes else None
-    cond = model.derive_cond(batch["x"])
+    cond = batch["cond"] if model.cond_shape and "cond" in batch else model.derive_cond(batch["x"])
     kwargs = dict(train=train, **(model.training_kwargs(rng) if train else {}))
     if train:
         dropout_rng, _ = jax.random.split(rng)
@@ -103,10 +108,14 @@ def nll_nats(model, params, batch_stats, batch, rng=None, train=False,
     if np.dtype(dtype) != np.float32:
         variables = {**variables, "params": precision.cast_floats(params, dtype)}
     with precision.compute_in(dtype):
-        out = model.apply(variables, batch["x"], labels, cond, mutable=mutable, **kwargs)
-    params_out, updates = out if mutable else (out, {"batch_stats": batch_stats})
-    lp = models_lib.grouped_log_prob(model, params_out.astype(jnp.float32), batch["x"])
-    return -lp.reshape(lp.shape[0], -1).sum(-1), updates["batch_stats"]
+        out = model.apply(variables, batch["x"], labels, cond, method=model.loss,
+                          mutable=mutable, **kwargs)
+    metrics, updates = out if mutable else (out, {"batch_stats": batch_stats})
+    return metrics, updates["batch_stats"]
+
+
+def _means(metrics: dict) -> dict:
+    return {k: v.mean(axis=0) for k, v in metrics.items()}
 
 
 def _accumulate(grad_fn, state, batch, accum_steps: int, micro_sharding):
@@ -117,18 +126,22 @@ def _accumulate(grad_fn, state, batch, accum_steps: int, micro_sharding):
         return jax.lax.with_sharding_constraint(a, micro_sharding)
 
     def body(carry, inputs):
-        grads_sum, loss_sum, nll_sum, batch_stats = carry
+        grads_sum, loss_sum, means_sum, batch_stats = carry
         micro, j = inputs
-        (loss, (nll, batch_stats)), grads = grad_fn(state.params, batch_stats, micro, j)
+        (loss, (means, batch_stats)), grads = grad_fn(state.params, batch_stats, micro, j)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-        return (grads_sum, loss_sum + loss, nll_sum + nll, batch_stats), None
+        means_sum = jax.tree.map(jnp.add, means_sum, means)
+        return (grads_sum, loss_sum + loss, means_sum, batch_stats), None
 
     zero = jnp.zeros((), jnp.float32)
-    init = (jax.tree.map(jnp.zeros_like, state.params), zero, zero, state.batch_stats)
     micro_batches = (jax.tree.map(split, batch), jnp.arange(accum_steps))
-    (grads, loss, nll, batch_stats), _ = jax.lax.scan(body, init, micro_batches)
+    first = jax.tree.map(lambda a: a[0], micro_batches[0])
+    shapes = jax.eval_shape(lambda: grad_fn(state.params, state.batch_stats, first, 0)[0][1][0])
+    means = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    init = (jax.tree.map(jnp.zeros_like, state.params), zero, means, state.batch_stats)
+    (grads, loss, means, batch_stats), _ = jax.lax.scan(body, init, micro_batches)
     mean = lambda x: x / accum_steps
-    return (mean(loss), (mean(nll), batch_stats)), jax.tree.map(mean, grads)
+    return (mean(loss), (jax.tree.map(mean, means), batch_stats)), jax.tree.map(mean, grads)
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float,
@@ -137,17 +150,17 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float,
     rng, step_rng = jax.random.split(state.rng)
 
     def loss_fn(params, batch_stats, micro, micro_step):
-        nll, batch_stats = nll_nats(
+        metrics, batch_stats = model_loss(
             model, params, batch_stats, micro, step_rng, True, dtype, micro_step
         )
-        bpd = models_lib.nats_to_bits_per_dim(nll, model.event_shape)
-        return bpd.mean(), (nll.mean(), batch_stats)
+        means = _means(metrics)
+        return means[model.loss_metric], (means, batch_stats)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
-        (loss, (nll, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, None)
+        (_, (means, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, None)
     else:
-        (loss, (nll, batch_stats)), grads = _accumulate(
+        (_, (means, batch_stats)), grads = _accumulate(
             grad_fn, state, batch, accum_steps, micro_sharding
         )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -164,21 +177,26 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float,
         rng=rng,
         batch_stats=batch_stats,
     )
-    metrics = {"train/bpd": loss, "train/nll_nats": nll, "train/grad_norm": optax.tree.norm(grads)}
+    metrics = {f"train/{k}": v for k, v in model.summarize(means).items()}
+    metrics["train/grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
 
 
 def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
-    """Sums of masked NLL (nats) and of the mask over one padded eval batch, in float32.
+    """Sums over one padded eval batch of every per-example metric times the mask, and
+    of the mask ("count"), in float32.
 
     `ensemble_masks > 1` scores the model's test-time ensemble (`Model.ensemble_log_prob`).
     """
     if ensemble_masks > 1:
         labels = batch["labels"] if model.num_classes else None
         nll = -model.ensemble_log_prob({"params": params}, batch["x"], labels, ensemble_masks)
+        metrics = base.nll_metrics(model, nll)
     else:
-        nll, _ = nll_nats(model, params, batch_stats, batch)
-    return {"nll_sum": (nll * batch["mask"]).sum(), "count": batch["mask"].sum()}
+        metrics, _ = model_loss(model, params, batch_stats, batch)
+    mask = batch["mask"]
+    sums = {k: jnp.tensordot(mask, v, axes=1) for k, v in metrics.items()}
+    return {**sums, "count": mask.sum()}
 
 
 class Trainer:
@@ -240,8 +258,12 @@ class Trainer:
         x = jax.ShapeDtypeStruct((self.cfg.train.init_batch_size, *self.model.event_shape),
                                  jnp.int32)
         labels = jax.ShapeDtypeStruct(x.shape[:1], jnp.int32) if self.model.num_classes else None
+        cond = None  # served by the data (integer codes) or derived from x
+        if self.model.cond_levels:
+            cond = jax.ShapeDtypeStruct((*x.shape[:1], *self.model.cond_shape), jnp.int32)
         shapes = jax.eval_shape(
-            functools.partial(create_train_state, self.model, self.cfg), key, key, x, labels
+            functools.partial(create_train_state, self.model, self.cfg), key, key, x, labels,
+            cond,
         )
         shardings = sharding.state_shardings(shapes, self.mesh, fsdp_min_size)
         return jax.tree.map(
@@ -264,8 +286,10 @@ class Trainer:
         x_sharding = self.batch_sharding if len(x) % self.mesh.size == 0 else self.replicated
         args = [sharding.global_array(k, self.replicated) for k in (init_key, rng)]
         args.append(sharding.global_array(x, x_sharding))
-        if self.model.num_classes:
-            args.append(sharding.global_array(batch["labels"][: len(x)], x_sharding))
+        labels = batch["labels"][: len(x)] if self.model.num_classes else None
+        cond = batch["cond"][: len(x)] if self.model.cond_levels else None
+        for value in (labels, cond):
+            args.append(None if value is None else sharding.global_array(value, x_sharding))
         # No rng_context here: init_variables draws its weights under one itself, and
         # its key split stays as it always was.
         return self._init(*args)
@@ -275,19 +299,22 @@ class Trainer:
         return sharding.to_host(tree, self.mesh)
 
     def evaluate(self, state: TrainState, test_split) -> dict[str, float]:
-        """Test-set bits/dim (and nats per example) of the EMA params, exact over the split."""
-        total, count = 0.0, 0.0
+        """The model's metrics (`Model.summarize`; bits/dim and nats per example for
+        likelihood models) of the EMA params, exact over the test split."""
+        sums = None
         for batch in data.eval_batches(test_split, self.eval_batch_size, *self.data_shard):
             out = self.eval_step(state.ema_params, state.batch_stats, self.device_batch(batch))
-            total += float(out["nll_sum"])
-            count += float(out["count"])
-        nats = total / max(count, 1.0)
-        bpd = float(models_lib.nats_to_bits_per_dim(nats, self.model.event_shape))
-        return {"eval/bpd": bpd, "eval/nll_nats": nats}
+            out = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(out))
+            sums = out if sums is None else jax.tree.map(np.add, sums, out)
+        count = max(float(sums.pop("count")), 1.0)
+        means = {k: v / count for k, v in sums.items()}
+        summary = jax.device_get(self.model.summarize(means))
+        return {f"eval/{k}": float(v) for k, v in summary.items()}
 
 
 def write_samples(trainer: Trainer, state, step: int, workdir: pathlib.Path, test_split) -> None:
-    """Draws `train.num_samples` samples with the EMA params into samples_<step>.png.
+    """Writes the model's preview (`Model.preview`: `train.num_samples` samples drawn
+    with the EMA params, or reconstructions) into samples_<step>.png.
 
     Every process gathers the parameters; process 0 samples (on one device) and writes.
     """
@@ -299,17 +326,13 @@ def write_samples(trainer: Trainer, state, step: int, workdir: pathlib.Path, tes
     if jax.process_index() != 0:
         return
     n = cfg.train.num_samples
-    labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes if model.num_classes else None
-    cond = None
-    if model.cond_shape:
-        first = test_split.get(np.arange(min(n, len(test_split))))["x"]
-        cond = model.derive_cond(jnp.asarray(np.resize(first, (n, *first.shape[1:]))))
+    examples = test_split.get(np.arange(min(n, len(test_split))))
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
-    x = sampling.sample(model, variables, key, n, labels=labels, cond=cond)
+    x, cols = model.preview(variables, key, n, examples, sampling.sample)
     image_shape = cfg.data.get("image_shape", None)
     path = workdir / f"samples_{step}.png"
     with _failing(f"writing {path}"):
-        reporting.save_image_grid(path, np.asarray(x), model.num_levels, image_shape)
+        reporting.save_image_grid(path, np.asarray(x), model.num_levels, image_shape, cols)
 
 
 class BadInput(ValueError):
@@ -355,18 +378,20 @@ def max_bpd(cfg, model) -> float:
     return float(value)
 
 
-def _check_loss(step: int, metrics: dict, limit: float) -> dict[str, float]:
-    """The step's metrics as floats; Diverged if its loss is non-finite or above `limit`.
+def _check_loss(step: int, metrics: dict, limit: float, name: str = "bpd") -> dict[str, float]:
+    """The step's metrics as floats; Diverged if its loss (`train/<name>`) is non-finite
+    or above `limit`.
 
     The loss of step s is that of the parameters after step s - 1, so the checkpoint of
     step s - 1 (if any) holds the diverged parameters too.
     """
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bpd = values["train/bpd"]
-    if not np.isfinite(bpd):
-        raise Diverged(f"training diverged: the loss is {bpd} at step {step}", step, step - 1)
-    if bpd > limit:
-        raise Diverged(f"training diverged: the loss is {bpd:.4g} bits/dim at step {step}, "
+    loss = values[f"train/{name}"]
+    unit = " bits/dim" if name == "bpd" else ""
+    if not np.isfinite(loss):
+        raise Diverged(f"training diverged: the loss is {loss} at step {step}", step, step - 1)
+    if loss > limit:
+        raise Diverged(f"training diverged: the loss is {loss:.4g}{unit} at step {step}, "
                        f"above train.max_bpd={limit:.4g}", step, step - 1)
     return values
 
@@ -414,7 +439,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
             data_cfg = cfg.copy_and_resolve_references()
             data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
             with _failing("loading the data", errors=(OSError,)):  # ValueError: bad input
+                codes.prepare(cfg)  # a prior's VQ-VAE codes, encoded once
                 train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
+            _check_served_cond(model, train_iter.split)
             ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
             restored = ckpt.restore_latest(trainer.abstract_state)
             if restored is not None:
@@ -465,6 +492,26 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
             _quietly(writer.close)
         if lock is not None:
             lock.release()
+
+
+def _check_served_cond(model, split) -> None:
+    """ValueError unless the data serves the integer conditioning map the model reads."""
+    if not model.cond_levels:
+        return
+    served = split.get(np.arange(1)).get("cond")
+    if served is None:
+        raise ValueError(
+            f"model.cond_levels={model.cond_levels} needs data that serves a code map to "
+            f"condition on (data.source='codes', data.level='bottom'); {split.name} serves none"
+        )
+    if tuple(served.shape[1:]) != tuple(model.cond_shape):
+        raise ValueError(
+            f"model.cond_shape={tuple(model.cond_shape)} does not match the code maps "
+            f"{tuple(served.shape[1:])} that {split.name} serves as cond"
+        )
+    if model.cond_levels != split.source.levels:  # both levels share one codebook size
+        raise ValueError(f"model.cond_levels={model.cond_levels} must equal the codebook size "
+                         f"{split.source.levels} of the code maps {split.name} serves as cond")
 
 
 def _check_resumable(cfg, restored: checkpoint.Restored, directory) -> None:
@@ -520,7 +567,8 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
     t = cfg.train
     start = int(state.step)
     progress = _progress(start, t.num_steps)
-    check = lambda step, metrics: _check_loss(step, metrics, limit)
+    loss_metric = trainer.model.loss_metric
+    check = lambda step, metrics: _check_loss(step, metrics, limit, loss_metric)
     window, tic, pending = [], time.perf_counter(), None
     try:
         for step in range(start + 1, t.num_steps + 1):
@@ -545,7 +593,7 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
                 summary["train/images_per_sec"] = len(window) * t.batch_size / elapsed
                 with _failing(f"writing the metrics of step {step} to {writer.path}"):
                     writer.write(step, summary)
-                progress.set_postfix(bpd=f"{summary['train/bpd']:.4f}",
+                progress.set_postfix(**{loss_metric: f"{summary['train/' + loss_metric]:.4f}"},
                                      img_s=f"{summary['train/images_per_sec']:.0f}")
                 window, tic = [], time.perf_counter()
             progress.update(1)
@@ -558,7 +606,8 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
                 with _failing(f"writing the metrics of step {step} to {writer.path}"):
                     writer.write(step, result)
                 if jax.process_index() == 0:
-                    progress.write(f"step {step}: eval bpd {result['eval/bpd']:.4f}")
+                    progress.write(f"step {step}: eval {loss_metric} "
+                                   f"{result['eval/' + loss_metric]:.4f}")
             if sample_now:
                 write_samples(trainer, state, step, workdir, test_split)
             if save_now:
