@@ -31,9 +31,15 @@ def all_inputs(event_shape, num_levels) -> np.ndarray:
     return np.array(list(values), np.int32).reshape(-1, *event_shape)
 
 
-def random_variables(model, cfg, seed=0, scale=0.3):
-    """Initialized variables with every leaf perturbed, so no output is trivially uniform."""
-    variables = jaxar.init_variables(model, cfg, jax.random.key(seed))
+def random_variables(model, cfg, seed=0, scale=0.3, cond=None):
+    """Initialized variables with every leaf perturbed, so no output is trivially uniform.
+
+    `cond` `[1, *cond_shape]` (one map for the init batch) for models whose data
+    serves it (integer codes: `model.cond_levels`)."""
+    if cond is not None:
+        batch = int(cfg.get("train", {}).get("init_batch_size", 16))
+        cond = jnp.broadcast_to(cond, (batch, *cond.shape[1:]))
+    variables = jaxar.init_variables(model, cfg, jax.random.key(seed), cond=cond)
 
     @jax.jit
     def perturb(variables, key):

@@ -132,6 +132,7 @@ def test_bad_arguments_raise_value_error(conditional):
         ("made", "ordering", "zigzag", "model.ordering"),
         ("made", "likelihood", "gaussian", "model.likelihood"),
         ("gated_pixelcnn", "cond_shape", (3, 3, 1), "model.cond_shape"),
+        ("gated_pixelcnn", "cond_levels", 3, r"model\.cond_levels=3 .* needs model\.cond_shape"),
     ],
 )
 def test_bad_model_config_raises_value_error(name, key, value, match):

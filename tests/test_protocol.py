@@ -36,6 +36,9 @@ GATED = dict(features=6, num_layers=2, head_features=6, kernel_size=3, input_ker
 PP = dict(features=4, num_resnets=1, num_resolutions=2, num_mixtures=2)
 SNAIL = dict(features=4, num_blocks=2, num_resnets=1, key_features=4, value_features=4,
              num_mixtures=2, dropout_rate=0.0)
+# A prior over codes: one categorical per pixel (num_mixtures is not read).
+SNAIL_CODES = dict({k: v for k, v in SNAIL.items() if k != "num_mixtures"},
+                   likelihood="categorical", embedding_features=3)
 WAVE = dict(residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
             dilations=(1, 2, 4))
 TRANSFORMER = dict(features=8, num_heads=2, num_layers=2)
@@ -55,6 +58,8 @@ CASES = [
     ("gated", "gated_pixelcnn", (3, 3, 1), 2, dict(GATED, likelihood="bernoulli")),
     ("gated-rgb-class", "gated_pixelcnn", (2, 2, 3), 2, dict(GATED, num_classes=2)),
     ("gated-spatial", "gated_pixelcnn", (4, 4, 1), 2, dict(GATED, cond_shape=(2, 2, 1))),
+    ("gated-codes-cond", "gated_pixelcnn", (2, 2, 1), 8,
+     dict(GATED, cond_shape=(1, 1, 1), cond_levels=3, cond_features=3)),
     ("pixelcnn_pp-rgb", "pixelcnn_pp", (2, 2, 3), 2, PP),
     ("pixelcnn_pp-class", "pixelcnn_pp", (2, 2, 1), 4, dict(PP, num_classes=2)),
     ("pixelsnail-raster-class", "pixelsnail", (3, 3, 1), 2, dict(SNAIL, num_classes=2)),
@@ -62,6 +67,13 @@ CASES = [
     ("pixelsnail-zigzag", "pixelsnail", (3, 3, 1), 2, dict(SNAIL, ordering="zigzag")),
     ("pixelsnail-custom", "pixelsnail", (2, 2, 2), 2,
      dict(SNAIL, ordering="custom", pixel_order=(3, 0, 2, 1))),
+    # Priors over VQ-VAE codes: categorical over K codes, conditioned on coarser codes.
+    ("pixelsnail-codes", "pixelsnail", (2, 2, 1), 8, SNAIL_CODES),
+    ("pixelsnail-codes-cond-class", "pixelsnail", (2, 2, 1), 8,
+     dict(SNAIL_CODES, cond_shape=(1, 1, 1), cond_levels=3, cond_features=3, num_classes=2)),
+    ("pixelsnail-zigzag-codes-cond", "pixelsnail", (3, 3, 1), 2,
+     dict(SNAIL_CODES, ordering="zigzag", cond_shape=(1, 3, 1), cond_levels=4,
+          cond_features=3)),
     ("wavenet", "wavenet", (8,), 2, WAVE),
     ("wavenet-class-local", "wavenet", (10,), 2, dict(WAVE, num_classes=3, cond_shape=(5, 1))),
     ("transformer-class", "transformer", (3, 3, 1), 2, dict(TRANSFORMER, num_classes=3)),
@@ -83,10 +95,13 @@ def case(request):
     _, name, shape, levels, kwargs = request.param
     cfg = tiny_config(name, shape, levels, **kwargs)
     model = jaxar.build_model(cfg)
-    cond = None
-    if model.cond_shape:
+    cond, served = None, None
+    if model.cond_levels:  # integer codes, which the data serves
+        cond = served = jax.random.randint(jax.random.key(3), (1, *model.cond_shape), 0,
+                                           model.cond_levels)
+    elif model.cond_shape:
         cond = jax.random.normal(jax.random.key(3), (1, *model.cond_shape))
-    return model, random_variables(model, cfg), cond
+    return model, random_variables(model, cfg, cond=served), cond
 
 
 def _batch(model, cond, n, seed=0):

@@ -118,22 +118,38 @@ def check_labels(model, labels, batch: int | None) -> None:
 
 
 def check_cond(model, cond, batch: int | None) -> None:
-    """Raises ValueError unless `cond` matches the model's spatial conditioning map."""
+    """Raises ValueError unless `cond` matches the model's spatial conditioning map: floats,
+    or with `model.cond_levels = K > 0` integer codes in [0, K)."""
     cond_shape = tuple(model.cond_shape or ())
+    levels = model.cond_levels
     if not cond_shape:
         if cond is not None:
             raise ValueError("cond must be None: this model has no spatial conditioning")
         return
+    what = f"an int map of codes in [0, {levels})" if levels else "a float map"
     if cond is None:
-        raise ValueError(f"cond is required: a float map of shape [batch, {cond_shape}]")
+        raise ValueError(f"cond is required: {what} of shape [batch, {cond_shape}]")
     check_array("cond", cond)
     shape = tuple(cond.shape)
     if shape[1:] != cond_shape or (batch is not None and shape[0] != batch):
         raise ValueError(f"cond must have shape [batch, *{cond_shape}], got {list(shape)}")
-    if is_concrete(cond) and np.issubdtype(np.dtype(cond.dtype), np.inexact):
+    if levels:
+        _check_codes(cond, levels)
+    elif is_concrete(cond) and np.issubdtype(np.dtype(cond.dtype), np.inexact):
         bad = int(np.size(cond) - np.count_nonzero(np.isfinite(np.asarray(cond))))
         if bad:
             raise ValueError(f"cond must be finite, got {bad} NaN or infinite value(s)")
+
+
+def _check_codes(cond, levels: int) -> None:
+    if not np.issubdtype(np.dtype(cond.dtype), np.integer):
+        raise ValueError(f"cond must be an integer array of codes in [0, {levels}) "
+                         f"(model.cond_levels), got dtype {cond.dtype}")
+    if is_concrete(cond) and cond.size:
+        lo, hi = int(np.min(cond)), int(np.max(cond))
+        if lo < 0 or hi >= levels:
+            raise ValueError(f"cond values must lie in [0, {levels}) (model.cond_levels), "
+                             f"got min {lo}, max {hi}")
 
 
 def check_inputs(model, x, labels=None, cond=None) -> None:

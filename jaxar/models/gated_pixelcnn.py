@@ -11,6 +11,9 @@ and every layer feeds a skip connection into the output head.
 Spatial conditioning: `cond_shape = (h, w, d)` makes `cond` a float input
 `[B, h, w, d]`; `lowres_condition` builds one from the image itself (a
 down-sampled copy), which turns the model into p(image | low-resolution image).
+With `cond_levels = K > 0`, `cond` is instead an int map `[B, h, w, 1]` of codes
+in [0, K) that the dataset serves (a coarser VQ-VAE code map: a VQ-VAE-2 prior),
+embedded and upsampled by `layers.CodeUpsampler`.
 
 `conv_impl` picks how the stacks' convolutions run (`jaxar.nn.fast_conv`);
 `decoder` runs the same modules on the vertical stack a row at a time and on the
@@ -41,6 +44,7 @@ class GatedPixelCNN(base.Model):
     head_features: int = 128
     num_classes: int = 0
     cond_shape: tuple[int, ...] | None = None
+    cond_levels: int = 0  # 0: `cond` is a float map; K > 0: int codes in [0, K)
     cond_features: int = 16
     conv_impl: str = "auto"
 
@@ -80,7 +84,12 @@ class GatedPixelCNN(base.Model):
         if self.cond_shape:
             height, width = self.event_shape[:2]
             stride = (height // self.cond_shape[0], width // self.cond_shape[1])
-            self.cond_upsample = nn.ConvTranspose(self.cond_features, stride, strides=stride)
+            if self.cond_levels:
+                self.cond_upsample = layers.CodeUpsampler(self.cond_levels, self.cond_features,
+                                                          stride)
+            else:
+                self.cond_upsample = nn.ConvTranspose(self.cond_features, stride,
+                                                      strides=stride)
 
     def __call__(self, x, labels=None, cond=None, train: bool = False):
         """Likelihood parameters `[B, H, W, C, F]`."""
@@ -91,7 +100,8 @@ class GatedPixelCNN(base.Model):
         return self.horizontal(x, labels, cond_BHWD, below)
 
     def upsample_cond(self, cond):
-        """The conditioning map at the image's resolution `[B, H, W, cond_features]`, or None."""
+        """The conditioning map at the image's resolution `[B, H, W, cond_features]` (codes
+        embedded first when `cond_levels`), or None."""
         return self.cond_upsample(cond) if self.cond_shape else None
 
     def vertical(self, x, labels, cond_BHWD):
@@ -133,8 +143,9 @@ class GatedPixelCNN(base.Model):
 
     @nn.nowrap
     def derive_cond(self, x):
-        """The low-resolution copy of x (`lowres_condition`) if `cond_shape`, else None."""
-        if not self.cond_shape:
+        """The low-resolution copy of x (`lowres_condition`) for a float `cond_shape`, else
+        None (none, or integer codes, which the dataset serves)."""
+        if not self.cond_shape or self.cond_levels:
             return None
         return lowres_condition(x, self.num_levels, self.cond_shape)
 
@@ -204,6 +215,11 @@ def check_config(f: dict, given: frozenset) -> None:
             f"size {shape[:2]}, got {cond_shape}"
         )
     f["cond_shape"] = cond_shape
+    if f["cond_levels"] and not (cond_shape and cond_shape[2] == 1):
+        raise ValueError(
+            f"model.cond_levels={f['cond_levels']} (integer codes) needs model.cond_shape "
+            f"(h, w, 1): one code per position, got {cond_shape}"
+        )
     for key in ("kernel_size", "input_kernel_size"):
         if f[key] < 3 or f[key] % 2 != 1:
             raise ValueError(f"model.{key} must be odd and >= 3, got {f[key]}")

@@ -147,17 +147,19 @@ class Layers:
                              IMAGE)
         return jnp.where(i > 0, above, 0.0) + jnp.where(j > 0, left, 0.0)
 
-    def resnet_nin(self, name, x, aux=None):
-        """`sl.GatedResnet("nin")`: pointwise."""
+    def resnet_nin(self, name, x, aux=None, cond=None):
+        """`sl.GatedResnet("nin")`: pointwise (cond: the conditioning map at x's positions)."""
         p = self.params[name]
         h = sl.wn_dense(p["conv_in"], self.f(x))
         if aux is not None:
             h = h + sl.wn_dense(p["aux_in"], self.f(aux))
-        return self._gate(name, x, sl.wn_dense(p["gate_out"], self.f(h)))
+        return self._gate(name, x, sl.wn_dense(p["gate_out"], self.f(h)), cond)
 
-    def _gate(self, name, x, h):
+    def _gate(self, name, x, h, cond=None):
         if self.label_BK is not None:
             h = h + (self.label_BK @ self.params[name]["label_bias"]["kernel"])[:, None, None, :]
+        if cond is not None:
+            h = h + sl.wn_dense(self.params[name]["cond_in"], cond)
         return sl.gate(x, h)
 
     def resnet_row(self, s, name, size, x, aux, a):
@@ -170,8 +172,9 @@ class Layers:
         self.write_row(s, name + "/gate_out", DOWN, size, self.f(h), a)
         return self._gate(name, x, self.conv_row(s, name + "/gate_out", DOWN, p["gate_out"], a))
 
-    def resnet_pos(self, s, name, size, x, aux, a, b):
-        """`sl.GatedResnet("down_right")` at position (a, b) of a map of `size`."""
+    def resnet_pos(self, s, name, size, x, aux, a, b, cond=None):
+        """`sl.GatedResnet("down_right")` at position (a, b) of a map of `size` (cond: the
+        conditioning map there, `[B, 1, 1, D]`)."""
         p = self.params[name]
         self.write_pos(s, name + "/conv_in", DOWN_RIGHT, size, self.f(x), a, b)
         h = self.conv_pos(s, name + "/conv_in", DOWN_RIGHT, p["conv_in"], a, b)
@@ -179,7 +182,7 @@ class Layers:
             h = h + sl.wn_dense(p["aux_in"], self.f(aux))
         self.write_pos(s, name + "/gate_out", DOWN_RIGHT, size, self.f(h), a, b)
         gate = self.conv_pos(s, name + "/gate_out", DOWN_RIGHT, p["gate_out"], a, b)
-        return self._gate(name, x, gate)
+        return self._gate(name, x, gate, cond)
 
 
 class Decoder(Layers):
@@ -288,7 +291,12 @@ class Decoder(Layers):
 def image_map(model, x_BHWC):
     """x in [-1, 1] with its channel of ones (`sl.pixel_inputs`), zero-padded as `IMAGE`."""
     _, x_pad = sl.pixel_inputs(x_BHWC, model.num_levels)
-    return jnp.pad(x_pad, ((0, 0), *IMAGE.padding, (0, 0)))
+    return pad_image(x_pad)
+
+
+def pad_image(x_pad_BHWC):
+    """The image map of the network's input (with its channel of ones): padded as `IMAGE`."""
+    return jnp.pad(x_pad_BHWC, ((0, 0), *IMAGE.padding, (0, 0)))
 
 
 def decoder(model, variables, labels, cond, batch):

@@ -21,6 +21,12 @@ convolutional parts must respect it too:
 The network output at a pixel never sees that pixel, so the channels of a
 pixel are generated R, G, B through the discretized logistic mixture and
 `ordering()` gives sub-pixel steps `pixel_step * C + c`.
+
+A prior over VQ-VAE codes (VQ-VAE-2): `likelihood="categorical"` models one
+code in [0, num_levels) per pixel (one channel), read through a learned code
+embedding instead of the scaled value; `cond_levels = K > 0` conditions every
+gated resnet on a coarser int code map `cond` `[B, h, w, 1]` in [0, K), embedded
+and upsampled to the image (`layers.CodeUpsampler`, which sees the whole map).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
 
 ORDERINGS = ("raster", "zigzag", "custom")
+LIKELIHOODS = ("dmol", "categorical")
 
 
 @functools.cache
@@ -122,11 +129,23 @@ class PixelSNAIL(base.Model):
     ordering_name: str = "raster"
     pixel_order: tuple[int, ...] = ()
     conv_impl: str = "auto"
+    likelihood_name: str = "dmol"  # or "categorical": codes, one channel
+    embedding_features: int = 32  # the code embedding's size (categorical only)
+    cond_shape: tuple[int, ...] | None = None  # (h, w, 1): a coarser code map
+    cond_levels: int = 0  # its codes' range [0, K); > 0 with cond_shape
+    cond_features: int = 32  # the upsampled code map's features
+
+    def setup(self):
+        # `cond_map` runs alone in the cached decoder: a setup module, named "cond_net".
+        if self.cond_levels:
+            (height, width, _), (h, w, _) = self.event_shape, self.cond_shape
+            self.cond_net = layers.CodeUpsampler(self.cond_levels, self.cond_features,
+                                                 (height // h, width // w), sl.fan_in_init)
 
     @property
     def likelihood(self):
         return distributions.make_likelihood(
-            "dmol", self.num_levels, self.num_mixtures, self.event_shape[-1]
+            self.likelihood_name, self.num_levels, self.num_mixtures, self.event_shape[-1]
         )
 
     def pixel_steps(self) -> np.ndarray:
@@ -160,10 +179,16 @@ class PixelSNAIL(base.Model):
         {"shift_in"} (any other ordering: the previous pixel through a 1x1 layer);
         "out"; and per block b `blocks[b]`: "res" (its gated resnets, in order),
         "content", "kv", "query_res", "query" and "out" (the gated resnet taking the
-        attention). Names: `ul_above`, `shift_in`, `block0_res1`, `block2_kv`, ...
+        attention); "embed" (the code embedding, categorical) and "cond" (the conditioning
+        network, `cond_levels > 0`). Names: `ul_above`, `shift_in`, `block0_res1`,
+        `block2_kv`, ...
         """
         names = {"ul_above": "ul_above", "ul_left": "ul_left"} if self.is_raster() else {
             "shift_in": "shift_in"}
+        if self.likelihood_name == "categorical":
+            names["embed"] = "embed"
+        if self.cond_levels:
+            names["cond"] = "cond_net"  # `setup`'s attribute
         names["blocks"] = [
             {"res": [f"block{b}_res{k}" for k in range(self.num_resnets)],
              **{role: f"block{b}_{role}" for role in ("content", "kv", "query_res", "query",
@@ -173,14 +198,25 @@ class PixelSNAIL(base.Model):
         names["out"] = "out"
         return names
 
+    def cond_map(self, cond):
+        """The conditioning map `[B, H, W, cond_features]` of the codes `cond`, or None."""
+        return self.cond_net(cond) if self.cond_levels else None
+
     @nn.compact
     def __call__(self, x, labels=None, cond=None, train: bool = False):
-        """Mixture parameters `[B, H, W, F]`, one vector per pixel."""
-        del cond
+        """Mixture parameters `[B, H, W, F]`, one vector per pixel (categorical:
+        logits `[B, H, W, 1, num_levels]`)."""
         names = self.layer_names()
         steps = self.pixel_steps()
         label_BK = layers.one_hot_labels(labels, self.num_classes)
-        x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
+        cond_BHWD = self.cond_map(cond)
+        if self.likelihood_name == "categorical":
+            embed = nn.Embed(self.num_levels, self.embedding_features,
+                             embedding_init=sl.direction_init, name=names["embed"])
+            x_in = embed(x[..., 0])  # N(0, 1) at init: the scale of dmol's x in [-1, 1]
+            x_pad = sl.with_ones(x_in)
+        else:
+            x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
         background = jnp.broadcast_to(self.background(), (*x.shape[:-1], 2))
         if self.is_raster():
             ul = sl.up_left_stream(x_pad, self.features, self.conv_impl,
@@ -189,21 +225,27 @@ class PixelSNAIL(base.Model):
         else:
             ul = sl.WNDense(self.features, name=names["shift_in"])(shift_in_order(x_pad, steps))
             conv = "nin"
-        resnet = lambda kind, name: sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity,
-                                                   self.conv_impl, name=name)
+
+        def resnet(kind, name, x, aux=None):
+            module = sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity, self.conv_impl,
+                                    name=name)
+            return module(x, aux, label_BK, train, cond_BHWD)
+
         for block in names["blocks"]:
             for name in block["res"]:
-                ul = resnet(conv, name)(ul, None, label_BK, train)
-            content = jnp.concatenate([x_in, ul, background], axis=-1)
-            content = resnet("nin", block["content"])(content, None, label_BK, train)
+                ul = resnet(conv, name, ul)
+            content = resnet("nin", block["content"],
+                             jnp.concatenate([x_in, ul, background], axis=-1))
             kv = sl.WNDense(self.key_features + self.value_features, name=block["kv"])(content)
-            query = jnp.concatenate([ul, background], -1)
-            query = resnet("nin", block["query_res"])(query, None, label_BK, train)
+            query = resnet("nin", block["query_res"], jnp.concatenate([ul, background], -1))
             query = sl.WNDense(self.key_features, name=block["query"])(query)
             key, value = kv[..., : self.key_features], kv[..., self.key_features :]
             attended = causal_attention(query, key, value, steps, self.num_heads)
-            ul = resnet("nin", block["out"])(ul, attended, label_BK, train)
-        return sl.WNDense(self.likelihood.num_params(), name=names["out"])(jax.nn.elu(ul))
+            ul = resnet("nin", block["out"], ul, attended)
+        out = sl.WNDense(self.likelihood.num_params(), name=names["out"])(jax.nn.elu(ul))
+        if self.likelihood.groups_channels:
+            return out
+        return out.reshape(*x.shape, out.shape[-1])  # [B, H, W, 1, F]
 
     @nn.nowrap
     def decoder(self, variables, labels, cond, batch):
@@ -213,8 +255,9 @@ class PixelSNAIL(base.Model):
 
 def check_config(f: dict, given: frozenset) -> None:
     """PixelSNAIL's value checks on the resolved fields (`jaxar.models.configs`)."""
-    del given
     shape, ordering, pixel_order = f["event_shape"], f["ordering_name"], f["pixel_order"]
+    check_likelihood(f, given)
+    check_code_cond(f, given)
     if ordering != "custom" and pixel_order:
         raise ValueError("model.pixel_order is read only with model.ordering='custom'")
     pixel_steps(ordering, shape[0], shape[1], pixel_order)  # validates the ordering
@@ -234,10 +277,46 @@ def check_config(f: dict, given: frozenset) -> None:
     fast_conv.check_impl(f["conv_impl"])
 
 
+def check_likelihood(f: dict, given: frozenset) -> None:
+    """model.likelihood: "dmol" (pixels), or "categorical" (codes: one channel)."""
+    name, shape = f["likelihood_name"], f["event_shape"]
+    if name not in LIKELIHOODS:
+        raise ValueError(f"model.likelihood must be one of {list(LIKELIHOODS)} for "
+                         f"pixelsnail, got {name!r}")
+    if name == "categorical" and shape[-1] != 1:
+        raise ValueError(f"model.likelihood='categorical' models one code per pixel: "
+                         f"data.shape needs 1 channel, got {shape}")
+    unread = {"dmol": "embedding_features", "categorical": "num_mixtures"}[name]
+    if unread in given:
+        raise ValueError(f"model.{unread} is not read with model.likelihood={name!r}")
+
+
+def check_code_cond(f: dict, given: frozenset) -> None:
+    """model.cond_shape (h, w, 1) and model.cond_levels K: both or neither; h, w divide
+    the image."""
+    shape, levels = f["event_shape"], f["cond_levels"]
+    cond_shape = f["cond_shape"] = f["cond_shape"] or None  # (): no conditioning
+    if bool(cond_shape) != bool(levels):
+        raise ValueError(
+            f"model.cond_shape={cond_shape} and model.cond_levels={levels}: PixelSNAIL "
+            "conditions on integer codes only, so set both (cond_levels > 0) or neither"
+        )
+    if not cond_shape:
+        if "cond_features" in given:
+            raise ValueError("model.cond_features is read only with model.cond_levels > 0")
+        return
+    if (len(cond_shape) != 3 or cond_shape[2] != 1 or min(cond_shape) < 1
+            or shape[0] % cond_shape[0] or shape[1] % cond_shape[1]):
+        raise ValueError(
+            f"model.cond_shape must be (h, w, 1) with h, w dividing the image size "
+            f"{shape[:2]}, got {cond_shape}"
+        )
+
+
 configs.register(PixelSNAIL, configs.Spec(
     event_ndim=3,
-    aliases={"ordering": "ordering_name"},
-    fixed={"likelihood": "dmol"},  # a discretized logistic mixture only
-    positive=("features", "key_features", "value_features", "num_heads", "num_mixtures"),
+    aliases={"ordering": "ordering_name", "likelihood": "likelihood_name"},
+    positive=("features", "key_features", "value_features", "num_heads", "num_mixtures",
+              "embedding_features", "cond_features"),
     check=check_config,
 ))

@@ -23,6 +23,12 @@ index order as in the full pass). The query at p attends to the slots of the
 pixels whose generation step is < s, the mask `pixelsnail.causal_attention`
 applies (raster order is the case order[s] = s).
 
+The input of a pixel is x scaled to [-1, 1] (dmol) or its code's embedding
+(categorical), read from the "embed" table. With `cond_levels > 0` the
+conditioning map (`PixelSNAIL.cond_map`, the model's own module, run once on the
+whole code map `cond` before the loop) enters every gated resnet at the pixel
+it runs at.
+
 `Decoder` restates `PixelSNAIL.__call__` over the model's own parameter tree,
 reading every layer's name from `PixelSNAIL.layer_names` (the table the model
 names its layers from) and the weight-norm arithmetic and padding geometry
@@ -31,6 +37,8 @@ it reads every parameter and computes what a full forward pass computes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +49,11 @@ from jaxar.nn import shifted_layers as sl
 
 
 class Decoder(pixelcnn_pp_cache.Layers):
-    def __init__(self, model, params, labels, batch, build=False):
+    """`cond_BND`: the conditioning map of every pixel (raster index), or None."""
+
+    def __init__(self, model, params, labels, cond_BND, batch, build=False):
         super().__init__(model, params, labels, batch, build)
+        self.cond = cond_BND
         height, width, _ = model.event_shape
         self.size = (height, width)
         self.raster = model.is_raster()
@@ -62,24 +73,38 @@ class Decoder(pixelcnn_pp_cache.Layers):
         grid = jax.lax.dynamic_slice_in_dim(self.background, p, 1, axis=0)
         return jnp.broadcast_to(grid, (self.batch, 1, 1, 2))
 
+    def _cond_at(self, p):
+        if self.cond is None:
+            return None
+        return jax.lax.dynamic_slice_in_dim(self.cond, p, 1, axis=1).reshape(self.batch, 1, 1, -1)
+
+    def _inputs(self, x_BHWC):
+        """The network's input of x, and the same with the channel of ones (`__call__`'s)."""
+        if "embed" not in self.names:
+            return sl.pixel_inputs(x_BHWC, self.model.num_levels)
+        embedded = jnp.take(self.params[self.names["embed"]]["embedding"], x_BHWC[..., 0],
+                            axis=0)
+        return embedded, sl.with_ones(embedded)
+
     def _pixel_inputs(self, x_flat_BD, p):
-        """`sl.pixel_inputs` of pixel p: (x in [-1, 1], with the channel of ones) `[B, 1, 1, .]`."""
+        """`_inputs` of pixel p, `[B, 1, 1, .]`."""
         channels = self.model.event_shape[-1]
         x = jax.lax.dynamic_slice_in_dim(x_flat_BD, p * channels, channels, axis=1)
-        return sl.pixel_inputs(x.reshape(self.batch, 1, 1, channels), self.model.num_levels)
+        return self._inputs(x.reshape(self.batch, 1, 1, channels))
 
     def step(self, s, x_flat_BD, t):
-        """Mixture parameters `[B, 1, 1, F]` of the pixel generated at step t; first
+        """Likelihood parameters `[B, 1, 1, F]` of the pixel generated at step t; first
         finishes the keys and values of the pixel generated before it (now drawn)."""
         s = dict(s)
         model = self.model
         pixel, prev = self.order[t], self.order[jnp.maximum(t - 1, 0)]  # t = 0: a placeholder
         x_prev, x_prev_pad = self._pixel_inputs(x_flat_BD, prev)
         heads, n = model.num_heads, self.size[0] * self.size[1]
+        cond_prev, cond = self._cond_at(prev), self._cond_at(pixel)
         for b, block in enumerate(self.names["blocks"]):
             ul_prev = self._state(s, f"ul/{b}", (self.batch, 1, 1, model.features))
             content = jnp.concatenate([x_prev, ul_prev, self._background_at(prev)], axis=-1)
-            content = self.resnet_nin(block["content"], content)
+            content = self.resnet_nin(block["content"], content, cond=cond_prev)
             kv = sl.wn_dense(self.params[block["kv"]], content)
             k, v = kv[..., : model.key_features], kv[..., model.key_features :]
             for name, new in ((f"keys/{b}", k), (f"values/{b}", v)):
@@ -90,7 +115,7 @@ class Decoder(pixelcnn_pp_cache.Layers):
         i, j = pixel // self.size[1], pixel % self.size[1]
         if self.raster:
             x_BHWC = x_flat_BD.reshape(self.batch, *model.event_shape)
-            ul = self.up_left(pixelcnn_pp_cache.image_map(model, x_BHWC), i, j)
+            ul = self.up_left(pixelcnn_pp_cache.pad_image(self._inputs(x_BHWC)[1]), i, j)
         else:  # pixelsnail.shift_in_order: the previous pixel, zeros for the first
             shifted = jnp.where(t > 0, x_prev_pad, 0.0)
             ul = sl.wn_dense(self.params[self.names["shift_in"]], shifted)
@@ -99,15 +124,21 @@ class Decoder(pixelcnn_pp_cache.Layers):
         for b, block in enumerate(self.names["blocks"]):
             for name in block["res"]:
                 if self.raster:
-                    ul = self.resnet_pos(s, name, self.size, ul, None, i, j)
+                    ul = self.resnet_pos(s, name, self.size, ul, None, i, j, cond)
                 else:
-                    ul = self.resnet_nin(name, ul)
+                    ul = self.resnet_nin(name, ul, cond=cond)
             s[f"ul/{b}"] = ul
-            query = self.resnet_nin(block["query_res"], jnp.concatenate([ul, background], -1))
+            query = jnp.concatenate([ul, background], -1)
+            query = self.resnet_nin(block["query_res"], query, cond=cond)
             query = sl.wn_dense(self.params[block["query"]], query)
             attended = _attend(query, s[f"keys/{b}"], s[f"values/{b}"], visible_N, t > 0, heads)
-            ul = self.resnet_nin(block["out"], ul, attended)
+            ul = self.resnet_nin(block["out"], ul, attended, cond)
         return sl.wn_dense(self.params[self.names["out"]], jax.nn.elu(ul)), s
+
+
+def _as_dicts(tree):
+    """A parameter subtree (any Mapping) as the nested dicts `flax` applies."""
+    return {k: _as_dicts(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
 
 
 def _attend(query_B11K, keys_BNHD, values_BNHD, visible_N, any_visible, num_heads):
@@ -123,16 +154,23 @@ def _attend(query_B11K, keys_BNHD, values_BNHD, visible_N, any_visible, num_head
 
 def decoder(model, variables, labels, cond, batch):
     """The `base.Decoder` of a `PixelSNAIL` in its ordering: one call per pixel."""
-    del cond
     params = variables["params"]
     x_flat = jnp.zeros((batch, int(np.prod(model.event_shape))), jnp.int32)
+    cond_BND = None
+    if model.cond_levels:  # once for the whole map: `cond` is known before sampling
+        name = model.layer_names()["cond"]
+        cond_map = model.apply({"params": {name: _as_dicts(params[name])}}, cond,
+                               method="cond_map")
+        cond_BND = cond_map.reshape(batch, -1, cond_map.shape[-1])
 
     def step(state, x_flat_BD, t):
-        params_B11F, state = Decoder(model, params, labels, batch).step(state, x_flat_BD, t)
+        decoder = Decoder(model, params, labels, cond_BND, batch)
+        params_B11F, state = decoder.step(state, x_flat_BD, t)
         return params_B11F.reshape(batch, -1), state
 
     def build():
-        return Decoder(model, params, labels, batch, build=True).step({}, x_flat, 0)[1]
+        decoder = Decoder(model, params, labels, cond_BND, batch, build=True)
+        return decoder.step({}, x_flat, 0)[1]
 
     state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(build))
     return base.Decoder(state, step, dims_per_step=model.event_shape[-1])

@@ -15,7 +15,7 @@ per block, so every block sees the same group structure.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -271,6 +271,32 @@ class GatedActivation(nn.Module):
             )(s_BHWD)
         a, b = jnp.split(x_BHWF, 2, axis=-1)
         return jnp.tanh(a) * jax.nn.sigmoid(b)
+
+
+class CodeUpsampler(nn.Module):
+    """Integer codes `[B, h, w, 1]` in [0, levels) -> features `[B, h * fh, w * fw, F]`.
+
+    A learned code embedding, a transposed convolution by the factor `(fh, fw)`,
+    ELU, a 3x3 convolution (so each position also reads the neighbouring codes),
+    ELU. A conditioning map for a prior over finer codes (VQ-VAE-2): the codes are
+    known before sampling starts, so every output may see the whole map.
+    Sub-layers: "embed", "upsample", "conv"; `kernel_init` draws all their weights.
+    """
+
+    levels: int
+    features: int
+    factor: tuple[int, int]
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, codes_BhwC: jax.Array) -> jax.Array:
+        init = self.kernel_init
+        e = nn.Embed(self.levels, self.features, embedding_init=init, name="embed")(
+            codes_BhwC[..., 0])
+        e = nn.ConvTranspose(self.features, self.factor, strides=self.factor, kernel_init=init,
+                             name="upsample")(e)
+        e = nn.Conv(self.features, (3, 3), kernel_init=init, name="conv")(jax.nn.elu(e))
+        return jax.nn.elu(e)
 
 
 def scale_to_unit(x: jax.Array, num_levels: int, dtype: Dtype = jnp.float32) -> jax.Array:

@@ -67,6 +67,12 @@ def direction_init(key, shape, dtype=jnp.float32) -> jax.Array:
     return z.reshape(shape).astype(dtype)
 
 
+def fan_in_init(key, shape, dtype=jnp.float32) -> jax.Array:
+    """N(0, 1 / fan_in) weights (fan_in: the product of all axes but the last) from
+    `direction_init`: a plain layer's initializer without a threefry draw to compile."""
+    return direction_init(key, shape, dtype) * (1.0 / math.prod(shape[:-1])) ** 0.5
+
+
 def dropout(key, x: jax.Array, rate: float) -> jax.Array:
     """Inverted dropout: zeroes each element with probability `rate` (mask from `hash_bits`)."""
     threshold = jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
@@ -312,10 +318,12 @@ class GatedResnet(nn.Module):
     `conv` is "down" (2x3 down-shifted), "down_right" (2x2 down-right-shifted),
     see `RESNET_GEOMETRIES`, or "nin" (1x1). `aux` (same spatial size) enters
     through a 1x1 layer before the gate: a skip input from another stream, or
-    attention output. `label_BK` adds a learned per-class bias to both gate halves.
-    Output (i, j) can NOT see what the chosen conv can not see in x, nor positions
-    of `aux` other than (i, j). `nonlinearity="elu"` is the released PixelSNAIL's.
-    Sub-layers: "conv_in", "aux_in" (with aux), "gate_out", "label_bias" (with labels).
+    attention output. `label_BK` adds a learned per-class bias to both gate halves,
+    and `cond_BHWD` (a conditioning map of x's size, e.g. a prior's coarser codes) a
+    1x1 projection of it at the same position. Output (i, j) can NOT see what the
+    chosen conv can not see in x, nor positions of `aux` or `cond_BHWD` other than
+    (i, j). `nonlinearity="elu"` is the released PixelSNAIL's. Sub-layers: "conv_in",
+    "aux_in" (with aux), "gate_out", "label_bias" (with labels), "cond_in" (with cond).
     """
 
     conv: str
@@ -330,7 +338,7 @@ class GatedResnet(nn.Module):
                       name=name)
 
     @nn.compact
-    def __call__(self, x, aux=None, label_BK=None, train: bool = False):
+    def __call__(self, x, aux=None, label_BK=None, train: bool = False, cond_BHWD=None):
         f = NONLINEARITIES[self.nonlinearity]
         features = x.shape[-1]
         h = self._conv(features, name="conv_in")(f(x))
@@ -344,6 +352,8 @@ class GatedResnet(nn.Module):
             bias = nn.Dense(2 * features, use_bias=False, kernel_init=_label_init,
                             name="label_bias")
             h = h + bias(label_BK)[:, None, None, :]
+        if cond_BHWD is not None:  # starts as small as the residual branch
+            h = h + WNDense(2 * features, RESIDUAL_INIT_SCALE, name="cond_in")(cond_BHWD)
         return gate(x, h)
 
 
@@ -354,9 +364,15 @@ def gate(x: jax.Array, h: jax.Array) -> jax.Array:
 
 
 def pixel_inputs(x_BHWC: jax.Array, num_levels: int) -> tuple[jax.Array, jax.Array]:
-    """(x in [-1, 1], the same with a channel of ones that tells the image from zero padding)."""
+    """(x in [-1, 1], the same `with_ones`)."""
     x = layers.scale_to_unit(x_BHWC, num_levels)
-    return x, jnp.concatenate([x, jnp.ones_like(x[..., :1])], axis=-1)
+    return x, with_ones(x)
+
+
+def with_ones(x_BHWC: jax.Array) -> jax.Array:
+    """x with a channel of ones, which tells the image from the zero padding of the
+    shifted convolutions (and from the empty input before the first pixel)."""
+    return jnp.concatenate([x_BHWC, jnp.ones_like(x_BHWC[..., :1])], axis=-1)
 
 
 # `up_left_stream`'s two layers: the rows above (1x3), the row's earlier pixels (2x1).
