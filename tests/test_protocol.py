@@ -83,6 +83,9 @@ CASES = [
      dict(TRANSFORMER, ordering="random")),
 ]
 BATCH = 6
+# Samples for the chi-square test; the methods are compared at the same batch size, so
+# each sampler compiles once per case.
+NUM_SAMPLES = 4000
 
 
 def test_every_registered_model_is_in_the_table():
@@ -90,7 +93,10 @@ def test_every_registered_model_is_in_the_table():
     assert {case[1] for case in CASES} == autoregressive
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+# One xdist group per case: all of a case's tests run on one worker, which builds the
+# case's model and variables once (`--dist loadgroup`, pyproject.toml).
+@pytest.fixture(scope="module", params=[
+    pytest.param(c, id=c[0], marks=pytest.mark.xdist_group(c[0])) for c in CASES])
 def case(request):
     _, name, shape, levels, kwargs = request.param
     cfg = tiny_config(name, shape, levels, **kwargs)
@@ -135,7 +141,7 @@ def test_naive_sampler_matches_likelihood(case):
     label = model.num_classes - 1 if model.num_classes else None
     x_all = all_inputs(model.event_shape, model.num_levels)
     probs = np.exp(joint_log_probs(model, variables, x_all, label, cond))
-    n = 4000
+    n = NUM_SAMPLES
     labels = None if label is None else jnp.full((n,), label, jnp.int32)
     _, cond_n = _batch(model, cond, n)
     xs = jaxar.sample(model, variables, jax.random.key(7), n, labels=labels, cond=cond_n,
@@ -150,7 +156,7 @@ def test_decoder_parameters_equal_a_full_forward_pass(case):
     x = np.random.default_rng(2).integers(0, model.num_levels, (BATCH, *model.event_shape))
     x = jnp.asarray(x, jnp.int32)
     labels, cond_n = _batch(model, cond, BATCH)
-    full = model.apply(variables, x, labels, cond_n)
+    full = jax.jit(model.apply)(variables, x, labels, cond_n)  # eager: seconds per model
     decoder = model.decoder(variables, labels, cond_n, BATCH)
     got = decoder_call_params(decoder, x)
     order = base.generation_order(model)
@@ -163,14 +169,15 @@ def test_decoder_parameters_equal_a_full_forward_pass(case):
 @pytest.mark.parametrize("completion", [False, True], ids=["free", "completion"])
 def test_every_method_draws_the_same_samples(case, completion):
     model, variables, cond = case
-    labels, cond_n = _batch(model, cond, BATCH)
+    labels, cond_n = _batch(model, cond, NUM_SAMPLES)
     kwargs = dict(labels=labels, cond=cond_n, temperature=0.8)
     if completion:
         rng = np.random.default_rng(1)
-        known = rng.integers(0, model.num_levels, (BATCH, *model.event_shape)).astype(np.int32)
+        shape = (NUM_SAMPLES, *model.event_shape)
+        known = rng.integers(0, model.num_levels, shape).astype(np.int32)
         kwargs.update(known=known, known_mask=rng.random(known.shape) < 0.4)
     draws = {
-        method: np.asarray(jaxar.sample(model, variables, jax.random.key(5), BATCH,
+        method: np.asarray(jaxar.sample(model, variables, jax.random.key(5), NUM_SAMPLES,
                                         method=method, **kwargs))
         for method in ("naive", "cached", "fixed_point", "auto")
     }
@@ -184,14 +191,14 @@ def test_every_method_draws_the_same_samples(case, completion):
 
 def test_fixed_point_takes_at_most_one_pass_per_dimension(case):
     model, variables, cond = case
-    labels, cond_n = _batch(model, cond, BATCH)
-    shape = (BATCH, *model.event_shape)
+    labels, cond_n = _batch(model, cond, NUM_SAMPLES)
+    shape = (NUM_SAMPLES, *model.event_shape)
     known, mask = jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool)
     with common.rng_context():
         x, passes = jax.jit(fixed_point.fixed_point, static_argnums=0)(
             model, variables, jax.random.key(5), labels, cond_n, jnp.float32(1.0), known, mask
         )
-    naive = jaxar.sample(model, variables, jax.random.key(5), BATCH, labels=labels, cond=cond_n,
+    naive = jaxar.sample(model, variables, jax.random.key(5), NUM_SAMPLES, labels=labels, cond=cond_n,
                          method="naive")
     np.testing.assert_array_equal(np.asarray(x), np.asarray(naive))
     assert 1 <= int(passes) <= int(np.prod(model.event_shape))
