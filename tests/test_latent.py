@@ -15,6 +15,8 @@ from jaxar import data
 from jaxar.data import codes as codes_data
 from jaxar.training import codes, train
 
+# One worker trains the three runs of the module's fixture once.
+pytestmark = pytest.mark.xdist_group("latent")
 sample_cli = type("SampleCli", (), runpy.run_module("jaxar.cli.sample"))
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRIORS = str(ROOT / "experiments" / "latent_prior_mnist.py")
@@ -26,13 +28,20 @@ def _config(spec: str, **data_keys):
     return cfg
 
 
+def _two_steps(cfg):
+    """A prior trained 2 steps, evaluated, sampled and saved at step 2."""
+    cfg.train.update(num_steps=2, log_every_steps=1, eval_every_steps=2, sample_every_steps=2,
+                     checkpoint_every_steps=2)
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
     vq, top, bottom = root / "vqvae", root / "top", root / "bottom"
     train.train_and_evaluate(_config(str(ROOT / "experiments" / "vqvae_mnist.py:smoke")), vq)
-    train.train_and_evaluate(_config(f"{PRIORS}:smoke_top", path=str(vq)), top)
-    train.train_and_evaluate(_config(f"{PRIORS}:smoke_bottom", path=str(vq)), bottom)
+    train.train_and_evaluate(_two_steps(_config(f"{PRIORS}:smoke_top", path=str(vq))), top)
+    train.train_and_evaluate(_two_steps(_config(f"{PRIORS}:smoke_bottom", path=str(vq))), bottom)
     return vq, top, bottom
 
 

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from model_checks import (
     check_causal_perturbation,
     tiny_config,
@@ -21,9 +20,7 @@ from weightnorm_checks import (
 )
 
 import jaxar
-from jaxar import data
 from jaxar.models import common, pixelsnail
-from jaxar.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=4, num_blocks=1, num_resnets=1, key_features=4, value_features=4,
@@ -65,8 +62,9 @@ def test_shift_in_order_passes_the_previous_pixel():
         assert shifted.ravel()[by_step[t]] == want
 
 
-# 3x3 raster, zigzag and 2x2 custom orders: tests/test_protocol.py; here 4x4 maps.
-CASES = [("raster", 2), ("zigzag", 2), ("custom", 0)]
+# 3x3 raster (with labels), zigzag and 2x2 custom orders: tests/test_protocol.py; here a
+# custom order on a 4x4 map, where no pixel's context is a raster prefix.
+CASES = [("custom", 0)]
 
 
 @pytest.mark.parametrize("ordering,num_classes", CASES, ids=[f"{o}-{c}cls" for o, c in CASES])
@@ -200,23 +198,3 @@ def test_smoke_config_trains_and_samples(tmp_path):
     evals = [r["eval/bpd"] for r in rows if "eval/bpd" in r]
     assert len(bpd) == 3 and len(evals) == 2 and np.isfinite(bpd + evals).all()
     assert (tmp_path / f"samples_{cfg.train.num_steps}.png").is_file()
-
-
-def test_smoke_config_train_steps_on_mock_cifar10_at_5_bits():
-    """data.source=tfds under tfds.testing.mock_data: 32x32 RGB reduced to 32 levels."""
-    cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelsnail_cifar10.py:smoke"))
-    cfg.data.update(source="tfds", name="cifar10", shape=(32, 32, 3), num_levels=32)
-    cfg.train.update(batch_size=4, init_batch_size=4)
-    model = jaxar.build_model(cfg)
-    trainer = train.Trainer(model, cfg)
-    with tfds.testing.mock_data(num_examples=8):
-        train_iter, _ = data.create_datasets(cfg)
-        state = trainer.init_state(jax.random.PRNGKey(0), train_iter.split.get(np.arange(4)))
-        losses = []
-        for _ in range(3):
-            batch = next(train_iter)
-            assert batch["x"].shape == (4, 32, 32, 3) and batch["x"].max() < 32
-            with common.rng_context():
-                state, metrics = trainer.train_step(state, trainer.device_batch(batch))
-            losses.append(float(metrics["train/bpd"]))
-    assert int(state.step) == 3 and np.isfinite(losses).all(), losses

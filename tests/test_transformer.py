@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from host_noise import noisy_variables
 from model_checks import (
     all_inputs,
     check_causal_perturbation,
     chi_square_statistic,
     input_index,
     joint_log_probs,
+    random_variables,
     tiny_config,
     total_probability,
 )
@@ -30,7 +30,7 @@ def learned():
     unconditional clone share its variables (flax ignores the unused label embedding)."""
     cfg = tiny_config("transformer", (3, 3, 1), 2, num_classes=3, **TINY)
     model = jaxar.build_model(cfg)
-    return model, noisy_variables(model, cfg)
+    return model, random_variables(model, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def sinusoidal():
     cfg = tiny_config("transformer", (3, 3, 1), 2, position="sinusoidal",
                       **{**TINY, "num_layers": 1})
     model = jaxar.build_model(cfg)
-    return model, noisy_variables(model, cfg, seed=1)
+    return model, random_variables(model, cfg, seed=1)
 
 
 # --- orderings ------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from host_noise import noisy_variables
 from model_checks import (
     all_inputs,
     check_causal_perturbation,
     chi_square_statistic,
     input_index,
     joint_log_probs,
+    random_variables,
     tiny_config,
 )
 
@@ -34,7 +34,7 @@ def conditional():
     """
     cfg = tiny_config("wavenet", (10,), 2, num_classes=3, cond_shape=(5, 1), **TINY)
     model = jaxar.build_model(cfg)
-    return model, noisy_variables(model, cfg)
+    return model, random_variables(model, cfg)
 
 
 def unconditional(model, length=10):

@@ -19,10 +19,13 @@ def random_variables(model, seed=0, scale=0.5):
     """
     x = jnp.zeros((1, *model.event_shape), jnp.int32)
     labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-    cond = jnp.zeros((1, *model.cond_shape), jnp.int32) if model.cond_levels else None
+    cond = None
+    if model.cond_shape:
+        cond = jnp.zeros((1, *model.cond_shape), jnp.int32 if model.cond_levels else jnp.float32)
     shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, labels, cond))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    noise = lambda s: jnp.asarray((scale * rng.standard_normal(s.shape)).astype(s.dtype))
+    return jax.tree.map(noise, shapes)
 
 
 def weight_norm_outputs(model, variables, x, labels=None) -> dict[str, np.ndarray]:

@@ -111,7 +111,7 @@ def encode_split(model, variables, split) -> tuple[np.ndarray, np.ndarray]:
         x = split.get(rows)["x"]
         padded = np.zeros((ENCODE_BATCH, *x.shape[1:]), x.dtype)  # one shape: one compile
         padded[:len(rows)] = x
-        top, bottom = _encode_batch(model, variables, jnp.asarray(padded))
+        top, bottom = encode_images(model, variables, jnp.asarray(padded))
         tops.append(np.asarray(top)[:len(rows)])
         bottoms.append(np.asarray(bottom)[:len(rows)])
     as_codes = lambda parts: np.concatenate(parts).astype(np.int16)
@@ -119,5 +119,6 @@ def encode_split(model, variables, split) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_batch(model, variables, x):
+def encode_images(model, variables, x):
+    """The VQ-VAE's (top, bottom) code maps of images x (jitted)."""
     return model.apply(variables, x, method=model.encode)

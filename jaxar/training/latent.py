@@ -14,6 +14,7 @@ three; `generate` samples top codes, then bottom codes given them, and decodes;
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any, NamedTuple
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import sampling
-from jaxar.training import checkpoint
+from jaxar.training import checkpoint, codes
 
 
 class Run(NamedTuple):
@@ -95,9 +96,14 @@ def generate(pipeline: Pipeline, key, num: int, labels=None, temperature: float 
                              labels, temperature, known.get("bottom"), known.get("bottom_mask"),
                              cond=top, method=method)
     vq = pipeline.vqvae
-    image = vq.model.apply(vq.variables, _as_map(top), _as_map(bottom),
-                           method=vq.model.decode_codes)
-    return np.asarray(vq.model.reconstruct_levels(image))
+    return np.asarray(_decode(vq.model, vq.variables, _as_map(top), _as_map(bottom)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(model, variables, top, bottom):
+    return model.reconstruct_levels(model.apply(variables, top, bottom,
+                                                method=model.decode_codes))
+
 
 
 def code_masks(pipeline: Pipeline, keep_HWC: np.ndarray) -> dict[str, np.ndarray]:
@@ -118,10 +124,11 @@ def complete(pipeline: Pipeline, key, image, keep_HWC, num: int, labels=None,
     """`num` completions `[num, H, W, C]` of `image` (`[1, H, W, C]` ints) in code space:
     its codes are kept where `code_masks` says so and the rest are sampled."""
     vq = pipeline.vqvae
-    top, bottom = vq.model.apply(vq.variables, jnp.asarray(image), method=vq.model.encode)
+    top, bottom = codes.encode_images(vq.model, vq.variables, jnp.asarray(image))
     known = {}
-    for level, codes in (("top", top), ("bottom", bottom)):
-        mask = code_masks(pipeline, keep_HWC)[level]
-        known[level] = np.repeat(np.asarray(codes, np.int32)[..., None], num, axis=0)
+    masks = code_masks(pipeline, keep_HWC)
+    for level, level_codes in (("top", top), ("bottom", bottom)):
+        mask = masks[level]
+        known[level] = np.repeat(np.asarray(level_codes, np.int32)[..., None], num, axis=0)
         known[f"{level}_mask"] = np.broadcast_to(mask, known[level].shape).copy()
     return generate(pipeline, key, num, labels, temperature, method, known)

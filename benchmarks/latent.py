@@ -1,0 +1,75 @@
+"""Images through a VQ-VAE's latent space vs pixel-level PixelSNAIL samples, one run.
+
+  python benchmarks/latent.py --bottom runs/prior_bottom --top runs/prior_top --num 64
+
+Times `jaxar.generate_latent` (top codes, bottom codes given them, the VQ-VAE's
+decoder; cached samplers) against `jaxar.sample(method="cached")` of a pixel-level
+PixelSNAIL of the same image size (`--pixel_config`, random init: speed does not depend
+on the weights). Each is called once to compile, then timed once with
+`block_until_ready`; both sample `--num` images with the same key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+
+import jaxar
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def timed(fn) -> float:
+    fn()  # compiles
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bottom", required=True, help="bottom prior's workdir")
+    p.add_argument("--top", required=True, help="top prior's workdir")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--pixel_config", default="experiments/pixelsnail_cifar10.py:mnist")
+    args = p.parse_args(argv)
+
+    pipeline = jaxar.load_latent(args.bottom, args.top)
+    vq = pipeline.vqvae
+    labels = (np.arange(args.num) % pipeline.top.model.num_classes).astype(np.int32) \
+        if pipeline.top.model.num_classes else None
+    key = jax.random.key(0)
+    latent = timed(lambda: jaxar.generate_latent(pipeline, key, args.num, labels))
+
+    cfg = jaxar.load_config(str(ROOT / args.pixel_config))
+    model = jaxar.build_model(cfg)
+    if tuple(model.event_shape) != tuple(vq.model.event_shape):
+        raise ValueError(f"--pixel_config's images {model.event_shape} differ from the "
+                         f"VQ-VAE's {vq.model.event_shape}")
+    variables = jaxar.init_variables(model, cfg, jax.random.key(1))
+    pixel = timed(lambda: jaxar.sample(model, variables, key, args.num, method="cached"))
+    shape = "x".join(map(str, vq.model.event_shape))
+    print(f"{cpu_name()}, {jax.devices()[0].platform}, jax {jax.__version__}")
+    print(f"{args.num} images of {shape}: latent pipeline (top {pipeline.top.model.event_shape}"
+          f" + bottom {pipeline.bottom.model.event_shape} codes + decoder) {latent:.2f} s; "
+          f"pixel-level PixelSNAIL ({args.pixel_config}) {pixel:.2f} s: "
+          f"{pixel / latent:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
