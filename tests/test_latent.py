@@ -2,6 +2,7 @@
 (encoded once per checkpoint), a top prior, a bottom prior conditioned on the top codes,
 and images sampled and completed through them from the CLI and from Python."""
 
+import json
 import pathlib
 import runpy
 
@@ -147,3 +148,20 @@ def test_latent_errors_name_the_argument(runs, tmp_path):
     cfg = _config(f"{PRIORS}:smoke_top", path=str(tmp_path))
     with pytest.raises(train.BadInput, match="holds no checkpoint"):
         train.train_and_evaluate(cfg, tmp_path / "c")
+
+
+def test_quickstart_notebook_cell_samples_through_the_latent_space(runs, monkeypatch, capsys):
+    """The quickstart's latent cell, run on this module's priors (the notebook test runs
+    the rest of the notebook, where no priors exist and the cell skips itself)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    nb = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    setup, latent_cell = cells[0], next(c for c in cells if "jaxar.load_latent" in c)
+    _, top, bottom = runs
+    monkeypatch.setenv("JAXAR_LATENT_BOTTOM", str(bottom))
+    monkeypatch.setenv("JAXAR_LATENT_TOP", str(top))
+    imports = "\n".join(line for line in setup.splitlines() if line.startswith(("import", "from")))
+    exec(compile(imports + "\n" + latent_cell, "quickstart", "exec"), {})
+    assert "16 images through the latent space" in capsys.readouterr().out
