@@ -1,30 +1,59 @@
 """Suite-wide settings: a compilation cache shared by every worker and subprocess, and
-one xdist worker per group of tests that share a module-scoped fixture."""
+an xdist schedule that keeps the tests sharing a module-scoped fixture on one worker."""
 
 import os
+import shutil
 import tempfile
-
-import pytest
 
 # XLA compiles the same programs many times in this suite: each training test builds a
 # Trainer (new jitted functions) and each CLI or fault test starts a process. One
 # persistent cache, fresh for every run of the suite, compiles each program once; what
 # runs is the same executable either way. Set before jax is imported, inherited by the
 # xdist workers and by every subprocess.
+_OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxar-xla-cache-")
+    _OWN_CACHE = tempfile.mkdtemp(prefix="jaxar-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# Modules whose tests share one expensive module-scoped fixture: all on one worker.
+WHOLE_MODULES = ("test_latent.py",)
 
-def pytest_collection_modifyitems(items):
-    """Tests of a module that names `XDIST_GROUP_BY` (a parametrized module-scoped
-    fixture) run on one worker per parameter (`--dist loadgroup`), so each worker
-    builds each fixture once."""
-    for item in items:
-        by = getattr(item.module, "XDIST_GROUP_BY", None)
-        callspec = getattr(item, "callspec", None)
-        if by and callspec is not None and by in callspec.params:
-            value = callspec.params[by]
-            name = value[0] if isinstance(value, tuple) else value
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{name}"))
+
+def _protocol_case_ids() -> tuple[str, ...]:
+    from test_protocol import CASES  # noqa: PLC0415 (only the controller schedules)
+
+    return tuple(sorted((case[0] for case in CASES), key=len, reverse=True))
+
+
+def scope_of(nodeid: str, case_ids: tuple[str, ...]) -> str:
+    """The schedule's unit of a test: its module for `WHOLE_MODULES`, its case for the
+    protocol table (whose `case` fixture is built once per case and worker), else itself."""
+    path, _, name = nodeid.partition("::")
+    if path.endswith(WHOLE_MODULES):
+        return path
+    if path.endswith("test_protocol.py") and "[" in name:
+        params = name[name.index("[") + 1 : name.rindex("]")]
+        for case in case_ids:  # longest first: ids may extend one another
+            if params == case or params.startswith(case + "-"):
+                return f"{path}::{case}"
+    return nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415
+
+    case_ids = _protocol_case_ids()
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid, case_ids)
+
+    return Scheduling(config, log)
+
+
+def pytest_unconfigure(config):
+    """The run that made the cache removes it (the workers inherited it, not made it)."""
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

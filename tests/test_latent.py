@@ -16,8 +16,6 @@ from jaxar import data
 from jaxar.data import codes as codes_data
 from jaxar.training import codes, train
 
-# One worker trains the three runs of the module's fixture once.
-pytestmark = pytest.mark.xdist_group("latent")
 sample_cli = type("SampleCli", (), runpy.run_module("jaxar.cli.sample"))
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRIORS = str(ROOT / "experiments" / "latent_prior_mnist.py")

@@ -94,10 +94,7 @@ def test_every_registered_model_is_in_the_table():
 
 
 # All of a case's tests run on one worker, which builds its model and variables once
-# (tests/conftest.py).
-XDIST_GROUP_BY = "case"
-
-
+# (tests/conftest.py: scope_of).
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def case(request):
     _, name, shape, levels, kwargs = request.param
