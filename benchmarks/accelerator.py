@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
 import json
 import math
 import os
@@ -71,9 +70,9 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
 
 import jaxar  # noqa: E402
 from benchmarks.train_throughput import IMPLS, MASKED, random_batch  # noqa: E402
+from jaxar import sampling  # noqa: E402
 from jaxar.models import base, common  # noqa: E402
 from jaxar.nn import fast_conv  # noqa: E402
-from jaxar.sampling import fixed_point, loop  # noqa: E402
 from jaxar.training import train  # noqa: E402
 
 # name, config, per-device batch of the config (the paper configs' global batch is 8
@@ -443,17 +442,8 @@ def fmt_row(row: dict) -> str:
 # --- sampling -------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _ancestral(model, method, variables, key, labels, cond, temperature, known, known_mask):
-    batch = known.shape[0]
-    if method == "naive":
-        decoder = loop.naive_decoder(model, variables, labels, cond, batch)
-    else:
-        decoder = model.decoder(variables, labels, cond, batch)
-    return loop.ancestral(model, decoder, key, temperature, known, known_mask)
-
-
-_fixed_point = jax.jit(fixed_point.fixed_point, static_argnums=0)
+_ancestral = sampling.jitted_sample
+_fixed_point = sampling.jitted_fixed_point
 
 
 def compile_and_run(fn, static, args):

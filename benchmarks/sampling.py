@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxar
+from jaxar import sampling
 from jaxar.models import common
-from jaxar.sampling import fixed_point
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = [
@@ -45,7 +45,7 @@ CONFIGS = [
 ]
 
 
-FIXED_POINT = jax.jit(fixed_point.fixed_point, static_argnums=0)
+FIXED_POINT = sampling.jitted_fixed_point
 
 
 def timed(fn):

@@ -27,9 +27,9 @@ from model_checks import (
 )
 
 import jaxar
-from jaxar import models
+from jaxar import models, sampling
 from jaxar.models import base, common
-from jaxar.sampling import fixed_point, loop
+from jaxar.sampling import loop
 
 PIX = dict(features=6, num_layers=2, head_features=6, input_kernel_size=3)
 GATED = dict(features=6, num_layers=2, head_features=6, kernel_size=3, input_kernel_size=3)
@@ -196,7 +196,7 @@ def test_fixed_point_takes_at_most_one_pass_per_dimension(case):
     shape = (NUM_SAMPLES, *model.event_shape)
     known, mask = jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool)
     with common.rng_context():
-        x, passes = jax.jit(fixed_point.fixed_point, static_argnums=0)(
+        x, passes = sampling.jitted_fixed_point(
             model, variables, jax.random.key(5), labels, cond_n, jnp.float32(1.0), known, mask
         )
     naive = jaxar.sample(model, variables, jax.random.key(5), NUM_SAMPLES, labels=labels,

@@ -83,10 +83,8 @@ def _encode(workdir, fingerprint: dict) -> dict:
     directory.mkdir(exist_ok=True)
     shapes = {}
     for split in (train, test):
-        top, bottom = encode_split(model, variables, split)
+        top, bottom, labels = encode_split(model, variables, split)
         shapes = {"top": list(top.shape[1:]), "bottom": list(bottom.shape[1:])}
-        labels = np.concatenate([split.get(np.arange(i, min(i + ENCODE_BATCH, len(split))))
-                                 ["labels"] for i in range(0, len(split), ENCODE_BATCH)])
         name = split.name.rsplit("/", 1)[-1]
         target = codes_data.split_file(workdir, name)
         aside = target.with_suffix(".tmp.npz")
@@ -103,19 +101,22 @@ def _encode(workdir, fingerprint: dict) -> dict:
     return meta
 
 
-def encode_split(model, variables, split) -> tuple[np.ndarray, np.ndarray]:
-    """Top and bottom code maps (int16 `[N, h, w]`) of every example of a data split."""
-    tops, bottoms = [], []
+def encode_split(model, variables, split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top and bottom code maps (int16 `[N, h, w]`) and labels (int32 `[N]`) of every
+    example of a data split, read once."""
+    tops, bottoms, labels = [], [], []
     for start in range(0, len(split), ENCODE_BATCH):
         rows = np.arange(start, min(start + ENCODE_BATCH, len(split)))
-        x = split.get(rows)["x"]
+        batch = split.get(rows)
+        x = batch["x"]
+        labels.append(batch["labels"])
         padded = np.zeros((ENCODE_BATCH, *x.shape[1:]), x.dtype)  # one shape: one compile
         padded[:len(rows)] = x
         top, bottom = encode_images(model, variables, jnp.asarray(padded))
         tops.append(np.asarray(top)[:len(rows)])
         bottoms.append(np.asarray(bottom)[:len(rows)])
     as_codes = lambda parts: np.concatenate(parts).astype(np.int16)
-    return as_codes(tops), as_codes(bottoms)
+    return as_codes(tops), as_codes(bottoms), np.concatenate(labels)
 
 
 @functools.partial(jax.jit, static_argnums=0)
