@@ -18,7 +18,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 # Modules whose tests share one expensive module-scoped fixture: all on one worker.
-WHOLE_MODULES = ("test_latent.py",)
+WHOLE_MODULES = ("test_latent.py", "test_sample_cli.py")
 
 
 def _protocol_case_ids() -> tuple[str, ...]:

@@ -154,8 +154,10 @@ def renamed(cfg, flat: dict) -> dict:
 
 
 def flatten(tree) -> dict:
+    """`{"a/b/c": leaf}`: arrays as numpy, shapes (`jax.ShapeDtypeStruct`) as they are."""
     return {
-        "/".join(str(getattr(p, "key", p)) for p in path): np.asarray(leaf)
+        "/".join(str(getattr(p, "key", p)) for p in path):
+            leaf if isinstance(leaf, jax.ShapeDtypeStruct) else np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
 

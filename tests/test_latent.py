@@ -96,20 +96,21 @@ def test_priors_train_on_codes_and_report_bits_per_code(runs):
 def test_cli_samples_images_through_the_latent_space(runs, tmp_path, capsys):
     _, top, bottom = runs
     out = tmp_path / "latent.png"
-    args = ["--workdir", str(bottom), "--top", str(top), "--num", "4", "--out", str(out),
+    # 16 samples here, in the completion test and in the notebook's cell: one compiled
+    # sampler per prior serves all three.
+    args = ["--workdir", str(bottom), "--top", str(top), "--num", "16", "--out", str(out),
             "--labels", "3", "--seed", "1"]
     assert sample_cli.main(args) == 0
     assert "through the VQ-VAE's latent space" in capsys.readouterr().out
     grid = np.asarray(Image.open(out))
-    assert grid.shape == (4 * (2 * 29 + 1), 4 * (2 * 29 + 1))  # 2x2 grid of 28x28, x4
+    assert grid.shape == (4 * (4 * 29 + 1), 4 * (4 * 29 + 1))  # 4x4 grid of 28x28, x4
     # The same images from Python, under the same key.
     pipeline = jaxar.load_latent(bottom, top)
-    images = jaxar.generate_latent(pipeline, jax.random.key(1), 4,
-                                   labels=np.full(4, 3, np.int32))
-    assert images.shape == (4, 28, 28, 1) and images.dtype == np.int32
+    labels = np.full(16, 3, np.int32)
+    images = jaxar.generate_latent(pipeline, jax.random.key(1), 16, labels=labels)
+    assert images.shape == (16, 28, 28, 1) and images.dtype == np.int32
     assert 0 <= images.min() and images.max() < 256
-    again = jaxar.generate_latent(pipeline, jax.random.key(1), 4, labels=np.full(4, 3, np.int32),
-                                  method="naive")
+    again = jaxar.generate_latent(pipeline, jax.random.key(1), 16, labels=labels, method="naive")
     np.testing.assert_array_equal(images, again)  # cached == naive in both priors
 
 
@@ -122,10 +123,10 @@ def test_completion_keeps_the_codes_of_the_kept_rows(runs, tmp_path):
     assert masks["top"][:3].all() and not masks["top"][3:].any()  # 4-pixel blocks: 3 rows
     assert masks["bottom"][:7].all() and not masks["bottom"][7:].any()
     out = tmp_path / "done.png"
-    assert sample_cli.main(["--workdir", str(bottom), "--top", str(top), "--num", "3",
+    assert sample_cli.main(["--workdir", str(bottom), "--top", str(top), "--num", "16",
                             "--out", str(out), "--complete", "0", "--keep", "rows:14"]) == 0
     grid = np.asarray(Image.open(out))[::4, ::4]
-    assert grid.shape == (1 + 29, 1 + 5 * 29)  # original, occluded, 3 completions
+    assert grid.shape == (1 + 29, 1 + 18 * 29)  # original, occluded, 16 completions
     occluded = grid[1:29, 30:58]
     np.testing.assert_array_equal(occluded[14:], 128)
 

@@ -62,7 +62,7 @@ def test_shift_in_order_passes_the_previous_pixel():
         assert shifted.ravel()[by_step[t]] == want
 
 
-# 3x3 raster (with labels), zigzag and 2x2 custom orders: tests/test_protocol.py; here a
+# 2x2x3 raster (with labels), 3x3 zigzag and 2x2 custom orders: tests/test_protocol.py; here a
 # custom order on a 4x4 map, where no pixel's context is a raster prefix.
 CASES = [("custom", 0)]
 
@@ -153,7 +153,9 @@ def test_code_prior_config_errors(kwargs, match):
 ])
 def test_code_cond_is_checked_and_read(name, kwargs):
     """`cond` must be int codes in [0, cond_levels); each code moves the log-probs of its
-    block of the image (and may move others: the cond network sees the whole map)."""
+    block of the image (and may move others: the cond network sees the whole map); the
+    model stays causal on a 4x4 map (the embedding keeps a channel of ones, so the up-left
+    stream's zero padding stays apart from code 0; tests/test_protocol.py: 2x2 and 3x3)."""
     model = jaxar.build_model(tiny_config(name, (4, 4, 1), 8, **kwargs))
     x = np.random.default_rng(0).integers(0, 8, (2, 4, 4, 1)).astype(np.int32)
     codes = np.zeros((2, 2, 2, 1), np.int32)
@@ -173,19 +175,11 @@ def test_code_cond_is_checked_and_read(name, kwargs):
         lp = np.asarray(jaxar.log_prob(model, variables, x, cond=moved))
         block = (slice(None), slice(2 * i, 2 * i + 2), slice(2 * j, 2 * j + 2))
         assert np.all(np.abs(lp - base)[block] > 1e-6), (i, j)
-
-
-def test_code_prior_is_causal_on_4x4_with_cond():
-    """The embedding keeps the channel of ones: the up-left stream's zero padding stays
-    apart from code 0 (tests/test_protocol.py: 2x2 and 3x3 maps)."""
-    model = jaxar.build_model(tiny_config("pixelsnail", (4, 4, 1), 8, **CODES))
-    variables = random_variables(model, seed=2)
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 8, (2, 4, 4, 1)).astype(np.int32)
-    cond = rng.integers(0, 3, (2, 2, 2, 1)).astype(np.int32)
+    cond = rng.integers(0, 3, codes.shape).astype(np.int32)
     assert check_causal_perturbation(model, variables, x, rng, trials=10, cond=cond) > 0
-    params = model.apply(variables, x, None, cond)
-    assert params.shape == (2, 4, 4, 1, 8)  # the protocol's [B, H, W, C, F]
+    params = jax.eval_shape(model.apply, variables, x, None, codes)
+    assert params.shape[:4] == (2, 4, 4, 1)  # the protocol's [B, H, W, C, F]
 
 
 def test_smoke_config_trains_and_samples(tmp_path):
