@@ -113,6 +113,21 @@ def test_data_dependent_init_normalizes_every_layer_and_dropout_is_off_in_eval()
     assert not np.allclose(train0, eval0)
 
 
+def test_concat_elu_is_elu_of_x_and_minus_x_bit_for_bit_with_its_gradient():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32) * np.float32(3.0)
+    x[0, 0, :] = [0.0, -0.0, 1e-30, -1e-30, np.inf]
+    x[1, 0, :] = [-np.inf, np.nan, 80.0, -80.0, 1e-7]
+    x = jnp.asarray(x)
+    reference = lambda v: jax.nn.elu(jnp.concatenate([v, -v], axis=-1))
+    got, want = jax.jit(sl.concat_elu)(x), jax.jit(reference)(x)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))  # zeros keep their sign
+    np.testing.assert_array_equal(got, want)
+    cotangent = jnp.asarray(rng.standard_normal(got.shape).astype(np.float32))
+    grad = lambda f: jax.jit(jax.vjp(f, x)[1])(cotangent)[0]
+    np.testing.assert_array_equal(grad(sl.concat_elu), grad(reference))
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="divisible by 4"):
         jaxar.build_model(tiny_config("pixelcnn_pp", (6, 6, 3), 256, num_resolutions=3))

@@ -303,8 +303,16 @@ def down_right_shifted_conv_transpose(features, kernel_size=DOWN_RIGHT_KERNEL, n
 
 
 def concat_elu(x: jax.Array) -> jax.Array:
-    """ELU of [x, -x] on the last axis (doubles the features)."""
-    return jax.nn.elu(jnp.concatenate([x, -x], axis=-1))
+    """ELU of [x, -x] on the last axis (doubles the features).
+
+    The same values, bit for bit, as `jax.nn.elu(jnp.concatenate([x, -x], -1))` with half
+    its exponentials: of x and -x only the one that is not positive needs `expm1`, and it
+    is `expm1(x)` where x <= 0, `expm1(-x)` where x > 0 (the profile of the PixelCNN++
+    train step on CPU had concat_elu at a sixth of the step's time).
+    """
+    positive = x > 0
+    e = jnp.expm1(jnp.where(positive, -x, x))
+    return jnp.concatenate([jnp.where(positive, x, e), jnp.where(positive, e, -x)], axis=-1)
 
 
 NONLINEARITIES = {"concat_elu": concat_elu, "elu": jax.nn.elu}
