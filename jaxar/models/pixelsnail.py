@@ -108,8 +108,10 @@ def causal_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW: np.ndarray, num_heads: in
     flat = steps_HW.ravel()
     visible_NM = flat[:, None] > flat[None, :]
     weights = jax.nn.softmax(jnp.where(visible_NM, logits_BHNM, -1e30), axis=-1)
-    weights = weights * visible_NM.any(axis=1)[:, None]  # no earlier pixel: attend to nothing
     out_BNHD = jnp.einsum("bhnm,bmhd->bnhd", weights, v)
+    # No earlier pixel: attend to nothing. Zeroing those outputs rather than their rows of
+    # weights spares a pass over the [B, heads, N, N] weights (2.5% of the default step).
+    out_BNHD = out_BNHD * visible_NM.any(axis=1)[:, None, None]
     return out_BNHD.reshape(batch, height, width, -1)
 
 
