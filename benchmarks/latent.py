@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import platform
+import sys
 import time
 
 import jax
 import numpy as np
 
-import jaxar
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(ROOT))
 
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+import jaxar  # noqa: E402
+from benchmarks.accelerator import cpu_model  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -64,7 +57,7 @@ def main(argv=None) -> None:
     variables = jaxar.init_variables(model, cfg, jax.random.key(1))
     pixel = timed(lambda: jaxar.sample(model, variables, key, args.num, method="cached"))
     shape = "x".join(map(str, vq.model.event_shape))
-    print(f"{cpu_name()}, {jax.devices()[0].platform}, jax {jax.__version__}")
+    print(f"{cpu_model()}, {jax.devices()[0].platform}, jax {jax.__version__}")
     print(f"{args.num} images of {shape}: latent pipeline (top {pipeline.top.model.event_shape}"
           f" + bottom {pipeline.bottom.model.event_shape} codes + decoder) {latent:.2f} s; "
           f"pixel-level PixelSNAIL ({args.pixel_config}) {pixel:.2f} s: "

@@ -70,13 +70,13 @@ def sample(
         raise ValueError(f"method='cached': {type(model).__name__} has no cached decoder")
     with common.rng_context():
         if method == "fixed_point":
-            x, passes = jitted_fixed_point(model, variables, key, labels, cond, temperature, known,
-                                     known_mask)
+            x, passes = jitted_fixed_point(model, variables, key, labels, cond, temperature,
+                                           known, known_mask)
             _LOG.info("fixed_point: %d network passes for %d dimensions", int(passes),
                       known[0].size)
             return x
         return jitted_sample(model, method, variables, key, labels, cond, temperature, known,
-                       known_mask)
+                             known_mask)
 
 
 def has_decoder(model) -> bool:

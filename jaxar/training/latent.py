@@ -105,7 +105,6 @@ def _decode(model, variables, top, bottom):
                                                 method=model.decode_codes))
 
 
-
 def code_masks(pipeline: Pipeline, keep_HWC: np.ndarray) -> dict[str, np.ndarray]:
     """Which codes of each level a completion keeps, `[h, w, 1]` bool: a code is kept when
     the block of pixels it stands for (its level's stride x stride footprint) lies in
