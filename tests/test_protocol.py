@@ -101,7 +101,7 @@ def case(request):
     cond = None
     if model.cond_levels:  # integer codes, which the data serves
         cond = jax.random.randint(jax.random.key(3), (1, *model.cond_shape), 0,
-                                           model.cond_levels)
+                                  model.cond_levels)
     elif model.cond_shape:
         cond = jax.random.normal(jax.random.key(3), (1, *model.cond_shape))
     # Normalization, causality and sampler agreement hold for any parameters: random ones
