@@ -36,7 +36,9 @@ fixed-point passes do), 256 CIFAR-size samples (`--samples`) with `cached` and
 samples are compared: fixed_point's with cached's (all) and naive's (its timed steps),
 naive's with cached's; where they differ, the JSON says how many dimensions and from which
 step (a draw that sits on a rounding boundary can flip between two compiled programs
-that round differently, and the rest of that sample follows it). Each sampler is
+that round differently, and the rest of that sample follows it), and how many dimensions
+of each method's samples one full-network pass changes (0: exactly the full network's
+ancestral samples; so a cached sample off by one rounding flip shows there). Each sampler is
 compiled ahead of time, then timed once; fixed_point, whose passes are not known in
 advance, runs last. With random weights the conditionals hardly depend on the context,
 so fixed_point converges in far fewer passes than it would for a trained model.
@@ -469,12 +471,23 @@ def differences(model, a, b) -> dict:
             "first_differing_step": min(steps) if steps else None}
 
 
-def same_text(fp: dict) -> str:
+def unsolved_dims(model, args, samples) -> int:
+    """Dimensions of `samples` that one full-network Jacobi pass changes: 0 when they are
+    exactly the full network's ancestral samples. When cached and fixed_point differ, this
+    says which one the full network's own arithmetic disagrees with."""
+    redrawn = sampling.jitted_redraw(model, *args, samples)
+    return int(np.sum(np.asarray(redrawn) != np.asarray(samples)))
+
+
+def same_text(sampling_figures: dict) -> str:
+    fp = sampling_figures["fixed_point"]
     if fp["identical_to_cached"]:
         return "identical to cached"
     return (f"NOT identical to cached: {fp['differing_dims']} dims of "
             f"{fp['differing_samples']} samples differ, from step {fp['first_differing_step']}"
-            f" (naive's timed steps identical: {fp['identical_to_naive_on_timed_steps']})")
+            f" (naive's timed steps identical: {fp['identical_to_naive_on_timed_steps']}; "
+            f"dims one full-network pass changes: fixed_point {fp['unsolved_dims']}, cached "
+            f"{sampling_figures['cached']['unsolved_dims']})")
 
 
 def measure_sampling(spec: str, num_samples: int, naive_steps: int, out: dict, save) -> None:
@@ -516,9 +529,11 @@ def measure_sampling(spec: str, num_samples: int, naive_steps: int, out: dict, s
                           "identical_to_cached": bool(np.array_equal(fp, cached)),
                           "identical_to_naive_on_timed_steps": bool(np.array_equal(
                               np.asarray(fp)[first_dims], np.asarray(naive)[first_dims])),
+                          "unsolved_dims": unsolved_dims(model, args, fp),
                           **differences(model, fp, cached)}
+    out["cached"]["unsolved_dims"] = unsolved_dims(model, args, cached)
     log(f"  sampling fixed_point: {s:.2f} s, {int(passes)} passes for {size} dimensions "
-        f"(compile {c:.1f} s), {same_text(out['fixed_point'])}")
+        f"(compile {c:.1f} s), {same_text(out)}")
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -557,7 +572,7 @@ def print_table(report: dict) -> None:
         log(f"  cached      {s['cached']['seconds']:9.2f} s")
         log(f"  fixed_point {s['fixed_point']['seconds']:9.2f} s  "
             f"{s['fixed_point']['passes']} passes / {s['dimensions']} dims, "
-            f"{same_text(s['fixed_point'])}")
+            f"{same_text(s)}")
         n = s["naive"]
         log(f"  naive       {n['seconds']:9.2f} s"
             + (f"  (extrapolated from {n['timed_steps']} steps)" if n["extrapolated"] else ""))

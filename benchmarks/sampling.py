@@ -18,7 +18,9 @@ steps' (the rest known) in an extrapolated one. "fixed_point" (Jacobi iteration,
 `jaxar.sampling.fixed_point`) is compiled ahead of time (`lower().compile()`), then timed
 once on the whole sample; the output gives its network passes to converge (at most
 H*W*C, each one parallel pass over the whole batch) and checks that its samples equal
-the cached ones.
+the cached ones, and how many dimensions of each one full-network pass changes (0: exactly
+the full network's ancestral sample; a cached sample that differs by a float rounding flip
+on a bin boundary shows there).
 """
 
 from __future__ import annotations
@@ -26,17 +28,21 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxar
-from jaxar import sampling
-from jaxar.models import common
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(ROOT))
+
+import jaxar  # noqa: E402
+from benchmarks.accelerator import unsolved_dims  # noqa: E402
+from jaxar import sampling  # noqa: E402
+from jaxar.models import common  # noqa: E402
 CONFIGS = [
     "experiments/pixelcnn_mnist.py:default",
     "experiments/gated_pixelcnn_mnist.py:default",
@@ -98,7 +104,9 @@ def compare(spec: str, batch: int, naive_max_steps: int) -> float:
         f"speed-up {naive_s / cached_s:6.1f}x | {note}\n"
         f"    fixed_point {fp_s:6.3f} s {batch / fp_s:8.2f} samples/s | "
         f"{int(passes)} network passes for {size} dimensions | "
-        f"identical to cached: {bool(np.array_equal(fp, cached))}\n"
+        f"identical to cached: {bool(np.array_equal(fp, cached))} (dims one full-network "
+        f"pass changes: fixed_point {unsolved_dims(model, fp_args, fp)}, cached "
+        f"{unsolved_dims(model, fp_args, cached)})\n"
         f"    first calls (compile): naive {compile_naive:.1f} s, cached {compile_cached:.1f} s, "
         f"fixed_point {compile_fp:.1f} s (compile only)",
         flush=True,

@@ -67,6 +67,7 @@ def test_tiny_run_reports_every_figure(tmp_path):
     fp = sampling["fixed_point"]
     assert 1 <= fp["passes"] <= dims
     assert fp["identical_to_cached"] is True and fp["differing_dims"] == 0
+    assert fp["unsolved_dims"] == 0 and sampling["cached"]["unsolved_dims"] == 0
     assert fp["identical_to_naive_on_timed_steps"] is True
     assert sampling["naive"]["identical_to_cached_on_timed_steps"] is True
     assert 0 < sampling["naive"]["timed_steps"] <= dims

@@ -85,8 +85,10 @@ def has_decoder(model) -> bool:
 
 
 # What `sample` runs after its checks, without them: `(x, passes)` for "fixed_point", and
-# the ancestral loop for "naive" / "cached". Benchmarks lower and compile them directly.
+# the ancestral loop for "naive" / "cached"; and one Jacobi pass, `redraw`, which checks that
+# a sample is the full network's ancestral sample. Benchmarks lower and compile them directly.
 jitted_fixed_point = jax.jit(fixed_point.fixed_point, static_argnums=0)
+jitted_redraw = jax.jit(fixed_point.redraw, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
