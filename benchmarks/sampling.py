@@ -43,6 +43,7 @@ import jaxar  # noqa: E402
 from benchmarks.accelerator import unsolved_dims  # noqa: E402
 from jaxar import sampling  # noqa: E402
 from jaxar.models import common  # noqa: E402
+
 CONFIGS = [
     "experiments/pixelcnn_mnist.py:default",
     "experiments/gated_pixelcnn_mnist.py:default",

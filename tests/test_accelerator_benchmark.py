@@ -24,9 +24,6 @@ def positive(value) -> bool:
 def test_tiny_run_reports_every_figure(tmp_path):
     out = tmp_path / "tiny.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    # The figures of --tiny test the code path, not the speed: XLA's backend optimization
-    # off halves its compile times (most of the run on a 2-core CPU).
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "accelerator.py"), "--tiny", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,

@@ -37,14 +37,10 @@ def smoke(**train_overrides):
 
 
 def env_with_devices(num_devices: int) -> dict:
-    """Environment for a subprocess with `num_devices` CPU devices.
-
-    Compiling dominates these tiny runs, and LLVM's optimizations dominate compiling:
-    they are off (about a third less CPU time); every number a test compares comes
-    from subprocesses with this same setting.
-    """
-    flags = f"--xla_force_host_platform_device_count={num_devices}"
-    return {**os.environ, "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0"}
+    """Environment for a subprocess with `num_devices` CPU devices (and the suite's other
+    XLA flags, `conftest.py`'s)."""
+    devices = f"--xla_force_host_platform_device_count={num_devices}"
+    return {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {devices}".strip()}
 
 
 def run_worker(*args, num_devices: int) -> str:
