@@ -31,6 +31,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     cfg.data.num_classes = 0
     # How sample grids show an event, e.g. (28, 28, 1) for sequences of 784; None: as is.
     cfg.data.image_shape = config_dict.placeholder(tuple)
+    # grain worker processes reading training batches (0: in this process); None: 0 on
+    # CPU, else half the host's cores, at most 8. Each reads data.prefetch batches ahead.
+    cfg.data.num_workers = config_dict.placeholder(int)
+    cfg.data.prefetch = 2
 
     cfg.train = ml_collections.ConfigDict()
     cfg.train.num_steps = 1000

@@ -70,6 +70,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir=None) -> None:
             _check_keys(section, cfg[section], schema[section])
     get = lambda key: _lookup(cfg, key)
     _check_int("seed", get("seed"), 0)
+    if get("seed") is not _MISSING and get("seed") >= 2**32:  # grain's shuffle seed
+        raise ValueError(f"seed must be an int in [0, 2**32), got {get('seed')!r}")
     _check_data(cfg, get)
     _check_train(get)
     for key in ("batch_size", "ensemble_masks"):
@@ -198,6 +200,8 @@ def _check_data(cfg, get) -> None:
     for key in ("num_train", "num_test"):
         _check_int(f"data.{key}", get(f"data.{key}"), 1, none_ok=True)
     _check_int("data.num_classes", get("data.num_classes"), 0)
+    _check_int("data.num_workers", get("data.num_workers"), 0, none_ok=True)
+    _check_int("data.prefetch", get("data.prefetch"), 1)
     _check_real("data.test_fraction", get("data.test_fraction"), 0, 1, low_open=True,
                 high_open=True)
     defaults = base.get_base_config().data

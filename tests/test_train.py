@@ -40,7 +40,10 @@ def test_one_train_step_golden_numbers():
     assert int(state.step) == 2
 
 
-GOLDEN_LOSSES = [1.0024421215057373, 1.0492191314697266]
+# With grain's shuffle (jaxar.data.TrainIterator). The batches of the hand-written
+# iterator before it, rows default_rng((seed, 0)).permutation, still give the numbers
+# pinned before grain, 1.0024421 and 1.0492191: only the data order changed.
+GOLDEN_LOSSES = [1.0433270931243896, 1.0581457614898682]
 
 
 def params_of(state):

@@ -40,9 +40,11 @@ import functools
 import gzip
 import importlib.resources
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -155,55 +157,101 @@ def _host_share(batch_size: int, key: str, process_index, process_count) -> tupl
 class TrainIterator:
     """Infinite iterator of local training batches dict(x, labels), seeded and resumable.
 
-    Epoch e visits the split in the order `np.random.default_rng((seed, e)).permutation`;
-    global batches are consecutive slices of it (the incomplete last one is dropped) and
-    host i takes rows [i * local, (i + 1) * local) of each. `get_state()` / `set_state()`
-    save and restore the position as JSON-serialisable ints.
+    A grain pipeline over the row indices of the split: grain's seeded global shuffle,
+    reshuffled every epoch (`MapDataset.shuffle`, the seed combined with the epoch), cut
+    into global batches with the incomplete last one of each epoch dropped; each host
+    keeps rows [i * local, (i + 1) * local) of every global batch and reads and reduces
+    only those (`Split.get`, a map transform). `num_workers` > 0 reads in that many grain
+    worker processes, each `prefetch` batches ahead; 0 reads in this process, `prefetch`
+    batches ahead in one thread. Either way the batches are the same, in the same order.
+    `get_state()` / `set_state()` save and restore grain's own iterator position (JSON).
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, process_index=None,
-                 process_count=None):
+                 process_count=None, num_workers: int = 0, prefetch: int = 2):
         self.split = split
         self.global_batch_size = batch_size
-        self.local_batch_size, self._offset = _host_share(
+        self.local_batch_size, offset = _host_share(
             batch_size, "train.batch_size", process_index, process_count)
         if len(split) < batch_size:
             raise ValueError(
                 f"train.batch_size={batch_size} is larger than the training split "
                 f"({len(split)} examples of {split.name}); expected at most {len(split)}"
             )
+        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32) (grain's shuffle seed), "
+                             f"got {seed!r}")
+        for key, value, low in (("data.num_workers", num_workers, 0),
+                                ("data.prefetch", prefetch, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
         self.batches_per_epoch = len(split) // batch_size
-        self._seed = seed
-        self._epoch, self._index = 0, 0
-        self._perm_epoch, self._perm = -1, np.empty(0, np.int64)
+        self.num_workers = num_workers
+        rows = grain.MapDataset.range(len(split)).shuffle(seed=seed)
+        rows = rows.batch(batch_size, drop_remainder=True).repeat()
+        batches = rows.map(_LocalRows(split, offset, self.local_batch_size))
+        dataset = batches.to_iter_dataset(
+            grain.ReadOptions(num_threads=1 if num_workers == 0 else 0,
+                              prefetch_buffer_size=prefetch if num_workers == 0 else 0))
+        if num_workers:
+            _grain_flags_parsed()
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=num_workers, per_worker_buffer_size=prefetch))
+        self._iterator = iter(dataset)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._perm_epoch != self._epoch:
-            rng = np.random.default_rng((self._seed, self._epoch))
-            self._perm, self._perm_epoch = rng.permutation(len(self.split)), self._epoch
-        start = self._index * self.global_batch_size + self._offset
-        rows = self._perm[start:start + self.local_batch_size]
-        self._index += 1
-        if self._index == self.batches_per_epoch:
-            self._epoch, self._index = self._epoch + 1, 0
-        return self.split.get(rows)
+        return next(self._iterator)
 
-    def get_state(self) -> dict[str, int]:
-        """The position: {"epoch": completed epochs, "index": batches into this epoch}."""
-        return {"epoch": self._epoch, "index": self._index}
+    def get_state(self) -> dict[str, Any]:
+        """The position: {"grain": grain's iterator state} (JSON-serialisable)."""
+        return {"grain": self._iterator.get_state()}
 
-    def set_state(self, state: dict[str, int]) -> None:
-        """Restores a position saved by `get_state` (with the same split and batch size)."""
-        epoch, index = state.get("epoch"), state.get("index")
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"state['epoch'] must be a non-negative int, got {epoch!r}")
-        if not isinstance(index, int) or not 0 <= index < self.batches_per_epoch:
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores a position saved by `get_state` (same split, batch size, seed and
+        workers); refuses one saved by the hand-written iterator before grain."""
+        if not isinstance(state, dict) or set(state) != {"grain"}:
+            if isinstance(state, dict) and {"epoch", "index"} <= set(state):
+                raise ValueError(
+                    f"the checkpoint's data position {state} was saved by jaxar's input "
+                    f"pipeline before grain, whose batch order grain does not continue: "
+                    f"train in a new workdir (or resume with the version that wrote it)")
+            raise ValueError(f"data state must be {{'grain': <iterator state>}}, got {state!r}")
+        try:
+            self._iterator.set_state(state["grain"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(
-                f"state['index'] must be an int in [0, {self.batches_per_epoch}), got {index!r}")
-        self._epoch, self._index = epoch, index
+                f"data state {state['grain']!r} does not fit this pipeline (data.num_workers="
+                f"{self.num_workers}): {e}") from e
+
+    def close(self) -> None:
+        """Stops the worker processes (no-op without workers)."""
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _LocalRows:
+    """Map transform: a global batch of row indices -> this host's rows, read and reduced
+    (picklable, for grain's worker processes)."""
+
+    split: Split
+    offset: int
+    size: int
+
+    def __call__(self, rows_G: np.ndarray) -> dict[str, np.ndarray]:
+        return self.split.get(np.asarray(rows_G)[self.offset:self.offset + self.size])
+
+
+def _grain_flags_parsed() -> None:
+    """grain's workers read absl flags; a library caller may never have parsed them."""
+    from absl import flags  # noqa: PLC0415 (grain's own dependency)
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def eval_batches(split: Split, batch_size: int, process_index=None,
@@ -427,9 +475,21 @@ def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
     train, test = load_splits(cfg)
     check_labels(cfg, train)
     iterator = TrainIterator(train, cfg.train.batch_size, cfg.seed, process_index,
-                             process_count)
+                             process_count, num_workers=num_workers(cfg.data),
+                             prefetch=cfg.data.get("prefetch", 2))
     _host_share(eval_batch_size(cfg), "eval.batch_size", process_index, process_count)
     return iterator, test
+
+
+def num_workers(data: ml_collections.ConfigDict) -> int:
+    """`data.num_workers`, or where it is None: 0 on CPU (the cores compute the steps),
+    else half the host's cores, at most 8 (decoding keeps up with an accelerator)."""
+    workers = data.get("num_workers", None)
+    if workers is not None:
+        return workers
+    if jax.default_backend() == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def check_labels(cfg: ml_collections.ConfigDict, split: Split) -> None:

@@ -427,7 +427,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
     every file, thread and the lock are released first.
     """
     is_main = jax.process_index() == 0
-    lock = ckpt = writer = None
+    lock = ckpt = writer = train_iter = None
     try:
         try:  # everything that checks the user's input, before any training
             config.validate(cfg, workdir)  # every key and value, before anything is written
@@ -485,11 +485,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
             note = f"the checkpoints could not be listed ({checkpoint.one_line(note_error)})"
         err.args = (f"{err}; {note}",)
         raise
-    finally:  # after a failure: release orbax's threads, TensorBoard's and the lock
-        if ckpt is not None:
+    finally:  # after a failure: release orbax's threads, TensorBoard's, grain's workers
+        if ckpt is not None:  # and the lock
             _quietly(ckpt.close, prune=False)
         if writer is not None:
             _quietly(writer.close)
+        if train_iter is not None:
+            _quietly(train_iter.close)
         if lock is not None:
             lock.release()
 
