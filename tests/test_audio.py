@@ -159,6 +159,28 @@ def test_speech_commands_records_are_centre_cropped_mu_law(tmp_path):
     assert batch["x"].shape == (7, 64) and batch["x"].dtype == np.int32
 
 
+def test_prepared_records_are_read_alike_in_grain_workers(tmp_path):
+    """ArrayRecord shards read by a grain worker process (the source pickled into it)
+    give the batches the training process reads itself."""
+    rng = np.random.default_rng(3)
+    write_prepared(tmp_path / "speech_commands" / "0.0.3", "speech_commands", "train",
+                   speech_examples(rng, 12), SPEECH_SPECS)
+    write_prepared(tmp_path / "speech_commands" / "0.0.3", "speech_commands", "test",
+                   speech_examples(rng, 4), SPEECH_SPECS, num_shards=1)
+    batches = {}
+    for workers in (0, 1):
+        cfg = audio_cfg(tmp_path, "speech_commands")
+        cfg.data.num_workers = workers
+        iterator, _ = data.create_datasets(cfg, process_index=0, process_count=1)
+        try:
+            batches[workers] = [next(iterator) for _ in range(5)]  # crosses an epoch
+        finally:
+            iterator.close()
+    for got, want in zip(batches[1], batches[0], strict=True):
+        np.testing.assert_array_equal(got["x"], want["x"])
+        np.testing.assert_array_equal(got["labels"], want["labels"])
+
+
 def test_nsynth_family_labels_and_float_audio(tmp_path):
     rng = np.random.default_rng(1)
     examples = [{"id": f"note{k}", "audio": rng.uniform(-1, 1, 100).astype(np.float32),
