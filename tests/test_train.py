@@ -50,6 +50,19 @@ def params_of(state):
     return jax.tree.leaves(jax.device_get((state.params, state.ema_params, state.opt_state)))
 
 
+def test_checkpoint_of_the_pre_grain_iterator_is_refused_and_kept(tmp_path):
+    """A checkpoint whose data position is the hand-written iterator's (epoch, index):
+    resuming is refused before anything is written, and the checkpoint stays as it was."""
+    train.train_and_evaluate(smoke(num_steps=3), tmp_path)
+    position = tmp_path / "checkpoints" / "3" / "data" / "metadata"
+    assert json.loads(position.read_text()).keys() == {"grain"}
+    position.write_text(json.dumps({"epoch": 0, "index": 3}))
+    with pytest.raises(train.BadInput, match="before grain"):
+        train.train_and_evaluate(smoke(), tmp_path)
+    assert json.loads(position.read_text()) == {"epoch": 0, "index": 3}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
+
+
 @pytest.mark.parametrize("name", ["pixelcnn_mnist", "made_mnist"])
 def test_resume_equals_uninterrupted(tmp_path, name):
     full = train.train_and_evaluate(smoke(name), tmp_path / "full")
