@@ -65,6 +65,7 @@ _TFDS_TEST_SPLITS = {name: "validation" for name in TFDS_NAMES if "imagenet" in 
 _TFDS_BINARY = ("binarized_mnist",)
 EMBEDDED_MNIST_TEST_PER_CLASS = 50
 _SYNTHETIC_SIZES = {"train": 512, "test": 128}
+PREFETCH = 2  # batches read ahead (data.prefetch), per worker process or in one thread
 # Mixed into synthetic-data seeds so they never share a stream with the shuffling
 # permutations, which use (seed, epoch). Non-zero on purpose: numpy treats trailing zero
 # entropy words as absent, so (seed, 0) and (seed,) are the same stream.
@@ -168,7 +169,7 @@ class TrainIterator:
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, process_index=None,
-                 process_count=None, num_workers: int = 0, prefetch: int = 2):
+                 process_count=None, num_workers: int = 0, prefetch: int = PREFETCH):
         self.split = split
         self.global_batch_size = batch_size
         self.local_batch_size, offset = _host_share(
@@ -190,10 +191,10 @@ class TrainIterator:
         rows = grain.MapDataset.range(len(split)).shuffle(seed=seed)
         rows = rows.batch(batch_size, drop_remainder=True).repeat()
         batches = rows.map(_LocalRows(split, offset, self.local_batch_size))
-        dataset = batches.to_iter_dataset(
-            grain.ReadOptions(num_threads=1 if num_workers == 0 else 0,
-                              prefetch_buffer_size=prefetch if num_workers == 0 else 0))
-        if num_workers:
+        in_process = num_workers == 0  # else the workers prefetch, not a thread here
+        dataset = batches.to_iter_dataset(grain.ReadOptions(
+            num_threads=int(in_process), prefetch_buffer_size=prefetch * in_process))
+        if not in_process:
             _grain_flags_parsed()
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=num_workers, per_worker_buffer_size=prefetch))
@@ -476,7 +477,7 @@ def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
     check_labels(cfg, train)
     iterator = TrainIterator(train, cfg.train.batch_size, cfg.seed, process_index,
                              process_count, num_workers=num_workers(cfg.data),
-                             prefetch=cfg.data.get("prefetch", 2))
+                             prefetch=cfg.data.get("prefetch", PREFETCH))
     _host_share(eval_batch_size(cfg), "eval.batch_size", process_index, process_count)
     return iterator, test
 
