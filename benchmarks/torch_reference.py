@@ -466,7 +466,7 @@ def report(title: str, batch_size: int, timed: dict, compare: list[tuple[str, st
     for name, r in timed.items():
         step_s = statistics.median(r["seconds"])
         rate[name] = batch_size / step_s
-        print(f"  {name:12s} {step_s:7.3f} s/step {rate[name]:7.1f} images/s  (first step "
+        print(f"  {name:12s} {step_s:7.3f} s/step {rate[name]:7.3g} images/s  (first step "
               f"{r['first_s']:.1f} s; loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} "
               f"bits/dim over {len(r['losses'])} steps)")
     print("  " + " | ".join(f"{a} / {b} {rate[a] / rate[b]:.2f}x" for a, b in compare), flush=True)
