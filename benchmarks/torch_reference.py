@@ -24,8 +24,9 @@ Each model's steps (one per implementation) run once (warm-up; jaxar's is compil
 before, timed apart), then in turn for `--rounds` rounds, so load from other processes
 hits all alike; the medians are compared. torch uses `--threads` intra-op threads
 (default: the machine's cores, as XLA uses). Both losses are printed at the first and
-last step: each implementation starts near 8 bits/dim (uniform over 256 levels) and
-goes down. torch is not a jaxar dependency: without it this prints that it was skipped.
+last step: at random init both PixelCNN++ start at about 9.5-9.6 bits/dim (a uniform
+model: 8) and go down alike. torch is not a jaxar dependency: without it this prints
+that it was skipped.
 """
 
 from __future__ import annotations
