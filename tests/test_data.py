@@ -4,6 +4,7 @@ import gzip
 import importlib.resources
 import json
 
+import grain
 import ml_collections
 import numpy as np
 import pytest
@@ -242,6 +243,69 @@ def test_hosts_split_each_global_batch_in_order(process_count):
         assert sum((host[step] for host in local), []) == global_batch
 
 
+class FailingIterator:
+    """Yields the batches of `iterator` and raises OSError at the `fail_at`-th read."""
+
+    def __init__(self, iterator, fail_at):
+        self.iterator, self.fail_at, self.reads = iterator, fail_at, 0
+
+    def __next__(self):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise OSError("injected read failure")
+        return next(self.iterator)
+
+    def get_state(self):
+        return self.iterator.get_state()
+
+
+def test_read_ahead_serves_the_batches_in_order_and_the_position_of_the_next():
+    split = id_split(53)
+    expected = take(data.TrainIterator(split, 6, seed=2, process_index=0, process_count=1), 12)
+    iterator = data.TrainIterator(split, 6, seed=2, process_index=0, process_count=1)
+    ahead = data.ReadAhead(iterator, lambda batch: {"ids": ids(batch)})
+    served = []
+    for _ in range(7):
+        served.append(ahead.take()["ids"])
+        ahead.read_ahead()  # batch 8 is read; the position is still that of batch 8
+    assert served == expected[:7]
+    resumed = data.TrainIterator(split, 6, seed=2, process_index=0, process_count=1)
+    resumed.set_state(json.loads(json.dumps(ahead.get_state())))
+    assert take(resumed, 5) == expected[7:]
+    assert ahead.take()["ids"] == expected[7]
+    assert ahead.get_state() == iterator.get_state()  # nothing held
+
+
+def test_read_ahead_raises_a_failed_read_when_its_batch_is_taken():
+    iterator = data.TrainIterator(id_split(20), 4, seed=0, process_index=0, process_count=1)
+    ahead = data.ReadAhead(FailingIterator(iterator, fail_at=2), lambda batch: batch)
+    ahead.take()
+    ahead.read_ahead()  # the failing read: kept, not raised
+    with pytest.raises(OSError, match="injected read failure"):
+        ahead.take()
+
+
+# --- grain's RandomAccessDataSource protocol ------------------------------------------------
+
+
+def test_sources_and_splits_are_grain_random_access_sources(mnist256):
+    train, _ = data.load_splits(make_cfg(num_levels=4))
+    for source in (train, train.source):
+        assert isinstance(source, grain.sources.RandomAccessDataSource)
+    records = grain.MapDataset.source(train)
+    assert len(records) == 4500
+    record = records[7]
+    assert record["x"].shape == (28, 28, 1) and record["labels"].dtype == np.int32
+    np.testing.assert_array_equal(record["x"], mnist256[0]["x"][7] // 64)
+    assert record["labels"] == mnist256[0]["labels"][7]
+    batch = records.batch(5)[1]  # grain stacks records 5..9
+    np.testing.assert_array_equal(batch["x"], mnist256[0]["x"][5:10] // 64)
+    np.testing.assert_array_equal(train.source[7]["image"] // 64, record["x"])
+    for index in (4500, -1):
+        with pytest.raises(IndexError, match=r"outside \[0, 4500\)"):
+            train[index]
+
+
 # --- eval_batches ------------------------------------------------------------------------
 
 
@@ -301,10 +365,14 @@ def test_tfds_colour_datasets(name, num_classes):
         expected = np.stack([raw[i]["image"] for i in range(6)])
         batch = everything(test)
         train_batch = next(iterator)
+        record = test.source[3]  # one record (grain's RandomAccessDataSource)
     assert test.num_classes == num_classes
     np.testing.assert_array_equal(batch["x"], expected)  # 8 bits kept at 256 levels
     assert train_batch["x"].shape == (4, 32, 32, 3) and train_batch["x"].dtype == np.int32
     assert (train_batch["labels"] < num_classes).all()
+    assert isinstance(test.source, data.pipeline.TfdsSource)
+    np.testing.assert_array_equal(record["image"], expected[3])
+    assert record["label"] == batch["labels"][3]
 
 
 class BinaryRecords:

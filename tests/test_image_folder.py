@@ -1,5 +1,7 @@
-"""Image folders as a data source: cropping, splits, labels, errors, and training on one."""
+"""Image folders as a data source: cropping, splits, labels, errors, lazy decoding, the
+folder index, and training on one."""
 
+import hashlib
 import json
 import pathlib
 
@@ -10,6 +12,7 @@ from PIL import Image
 
 import jaxar
 from jaxar import data
+from jaxar.data import image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("emerald", "ruby")
@@ -120,6 +123,8 @@ def test_smoke_trains_on_a_folder_of_pngs(tmp_path):
     assert [r["step"] for r in rows if "train/bpd" in r] == [1, 2]
     assert np.isfinite([r["eval/bpd"] for r in rows if "eval/bpd" in r]).all()
     assert (tmp_path / "run" / "samples_2.png").is_file()
+    index = json.loads((tmp_path / "run" / image_folder.INDEX_FILE).read_text())["files"]
+    assert len(index) == 13 and index["ruby/broken.png"][2] is False  # the run's own index
 
 
 def test_16_bit_grey_pngs_are_scaled_to_8_bits_not_clipped(tmp_path):
@@ -140,3 +145,107 @@ def test_16_bit_grey_pngs_are_scaled_to_8_bits_not_clipped(tmp_path):
         assert sorted(int(np.median(v)) for v in x) == [0, 1, 128, 255]
         for v in x:  # the corner keeps its complement: nothing was clipped to white
             assert int(v[0, 0, 0]) + int(np.median(v)) in (254, 255, 256)
+
+
+# --- lazy decoding and the folder index -------------------------------------------------------
+
+
+def eager_splits(root: pathlib.Path, shape, test_fraction, readable):
+    """(train, test) images as the folder source defines them: the readable files ranked by
+    the SHA-1 of their relative path, the lowest hashes the test split, each decoded."""
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.png") if readable(p))
+    files.sort(key=lambda f: hashlib.sha1(f.encode()).digest()[:8])
+    num_test = max(1, round(len(files) * test_fraction))
+    decode = lambda names: np.stack([image_folder._decode(root / f, shape) for f in names])
+    return decode(files[num_test:]), decode(files[:num_test])
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 3), (3, 5, 1)])
+def test_lazy_reads_equal_the_eager_decode_bit_for_bit(tmp_path, shape):
+    root = make_folder(tmp_path / "gems")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        splits = data.load_splits(folder_cfg(root, shape=shape))
+    expected = eager_splits(root, shape, 0.25, lambda p: p.name != "broken.png")
+    for split, images in zip(splits, expected, strict=True):
+        assert isinstance(split.source, image_folder.FolderSource)
+        np.testing.assert_array_equal(split.get(np.arange(len(split)))["x"], images)
+        np.testing.assert_array_equal(split[2]["x"], images[2])  # one record
+
+
+def test_grain_worker_processes_decode_the_same_batches(tmp_path):
+    root = make_folder(tmp_path / "gems", corrupt=False)
+    train, _ = data.load_splits(folder_cfg(root))
+    in_process = data.TrainIterator(train, 3, seed=1, process_index=0, process_count=1)
+    worker = data.TrainIterator(train, 3, seed=1, process_index=0, process_count=1,
+                                num_workers=1)
+    try:
+        for _ in range(5):  # crosses an epoch (3 batches of the 9 training images)
+            expected, got = next(in_process), next(worker)
+            for key in ("x", "labels"):
+                np.testing.assert_array_equal(got[key], expected[key])
+    finally:
+        worker.close()
+
+
+def fresh_process():
+    """Forgets what this process has indexed, as a new run would."""
+    image_folder._load.cache_clear()
+    image_folder._MEMORY_INDEX.clear()
+
+
+@pytest.mark.parametrize("in_workdir", [True, False])
+def test_index_rechecks_only_new_and_changed_files(tmp_path, monkeypatch, in_workdir):
+    root = make_folder(tmp_path / "gems")
+    workdir = tmp_path / "run" if in_workdir else None
+    if workdir:
+        workdir.mkdir()
+    checked = []
+    readable = image_folder._readable
+    monkeypatch.setattr(image_folder, "_readable",
+                        lambda file: checked.append(file.name) or readable(file))
+
+    def load():
+        with pytest.warns(UserWarning, match="skipped 1"):
+            return data.load_splits(folder_cfg(root), workdir=workdir)
+
+    load()
+    assert len(checked) == 13  # 12 images and the corrupt one; notes.txt is no image
+    if workdir:
+        stored = json.loads((workdir / image_folder.INDEX_FILE).read_text())
+        assert stored["root"] == str(root.resolve())
+        entry = stored["files"]["ruby/broken.png"]
+        stat = (root / "ruby" / "broken.png").stat()
+        assert entry == [stat.st_mtime_ns, stat.st_size, False]
+        assert sum(e[2] for e in stored["files"].values()) == 12
+        fresh_process()  # a new run: the index comes from the workdir
+        checked.clear()
+        load()
+        assert checked == []
+    Image.new("RGB", (6, 6), (0, 255, 0)).save(root / "emerald" / "new.png")
+    Image.new("RGB", (7, 7), (0, 250, 0)).save(root / "emerald" / "0.png")  # changed
+    (root / "ruby" / "1.png").unlink()
+    if workdir:
+        fresh_process()
+    checked.clear()
+    train, test = load()
+    assert sorted(checked) == ["0.png", "new.png"]
+    files = train.source.files + test.source.files
+    assert len(files) == 12 and "emerald/new.png" in files and "ruby/1.png" not in files
+    if workdir:
+        stored = json.loads((workdir / image_folder.INDEX_FILE).read_text())["files"]
+        assert "ruby/1.png" not in stored and stored["emerald/new.png"][2] is True
+
+
+def test_a_file_that_passes_the_index_but_cannot_be_decoded_is_named(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for k in range(3):
+        Image.new("RGB", (6, 6), (40 * k, 0, 0)).save(root / f"{k}.png")
+    Image.new("RGB", (16, 16), (0, 0, 90)).save(root / "cut.jpg")
+    (root / "cut.jpg").write_bytes((root / "cut.jpg").read_bytes()[:-2])  # no end marker
+    assert image_folder._readable(root / "cut.jpg")  # verify() does not decode a JPEG
+    splits = data.load_splits(folder_cfg(root, labels_from_subfolders=False))
+    split = next(s for s in splits if "cut.jpg" in s.source.files)
+    with pytest.raises(ValueError, match=r"'cut\.jpg' passed the index's check but cannot "
+                                         r"be decoded"):
+        split.get(np.arange(len(split)))

@@ -1,6 +1,7 @@
 """Data sources and the input pipeline (`jaxar.data.pipeline`)."""
 
 from jaxar.data.pipeline import (
+    ReadAhead,
     Split,
     TrainIterator,
     create_datasets,
@@ -12,6 +13,7 @@ from jaxar.data.sources import ArraySource
 
 __all__ = [
     "ArraySource",
+    "ReadAhead",
     "Split",
     "TrainIterator",
     "create_datasets",

@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 from jaxar import distributions
+from jaxar.data.sources import RandomAccess
 
 SAMPLE_RATE = 16_000
 LEVELS = 256
@@ -111,7 +112,7 @@ def shard_paths(name: str, split: str, data_dir: str | None) -> list[str]:
     return sorted(by_version[max(by_version)])
 
 
-class TfdsAudioSource:
+class TfdsAudioSource(RandomAccess):
     """One split of a prepared TFDS audio dataset, cropped and mu-law coded per record."""
 
     levels = LEVELS

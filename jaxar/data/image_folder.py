@@ -1,7 +1,7 @@
 """Image folders as a data source: `data.source = "folder"`, `data.path = DIR`.
 
 Every image file under `data.path` (any depth; PNG, JPEG, BMP, GIF, TIFF,
-WebP) is decoded once, converted to RGB (or grey for `data.shape[-1] == 1`),
+WebP) is served converted to RGB (or grey for `data.shape[-1] == 1`),
 centre-cropped to the aspect ratio of `data.shape` and resized to it. The
 split is deterministic and stable when files are added: files are ranked by
 a hash of their path relative to `data.path`, and the first
@@ -13,31 +13,81 @@ With `data.labels_from_subfolders = True` the class of an image is the index
 of its top-level sub-folder in sorted order (e.g. `gems/ruby/1.png` ->
 "ruby"), and `Split.num_classes` is the number of sub-folders holding images.
 
-Files that cannot be decoded are skipped with one warning that counts them.
-An empty folder, a missing one, or a `data.shape` that is not an image shape
-`(H, W, 1 or 3)` raise a ValueError. Values are 8-bit (256 levels) and
-go through `data.py`'s reduction to `data.num_levels` like every source;
-16-bit images are scaled to 8 bits (v * 255 / 65535, rounded).
+Images are decoded lazily: building the splits only indexes the folder, and
+`FolderSource.get` (in the training process or in grain's worker processes)
+opens, crops and resizes the files it is asked for. The index holds each
+file's (relative path, mtime_ns, size) and whether it is readable, which is a
+cheap check (PIL's `Image.open` + `verify`, no decode). With a workdir it is
+cached in `<workdir>/folder_index.json` (`INDEX_FILE`), and a later run checks
+only new or changed files again (every file is `stat`-ed; removed files drop
+out); without one it is kept in memory for the process.
+
+Unreadable files are skipped with one warning that counts them. A file that
+passes the check but fails to decode when read (`verify` does not decompress)
+raises a ValueError naming it. An empty folder, a missing one, or a
+`data.shape` that is not an image shape `(H, W, 1 or 3)` raise a ValueError.
+Values are 8-bit (256 levels) and go through the pipeline's reduction to
+`data.num_levels` like every source; 16-bit images are scaled to 8 bits
+(v * 255 / 65535, rounded).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
+import os
 import pathlib
+import stat
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jaxar.data.sources import ArraySource
+from jaxar.data.sources import RandomAccess
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_TEST_FRACTION = 0.1
+INDEX_FILE = "folder_index.json"
+# What PIL raises for a corrupt or foreign file, depending on where it notices.
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError)
+# The index of each folder indexed without a workdir: {root: {relative path: entry}}.
+_MEMORY_INDEX: dict[str, dict[str, list]] = {}
 
 
-def folder_source(data, split: str) -> ArraySource:
-    """The "train" or "test" split of the folder described by the `cfg.data` ConfigDict."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderSource(RandomAccess):
+    """The image files of one split (paths relative to `root`, in hash order) and their
+    labels, decoded when read; picklable, so grain worker processes decode in parallel."""
+
+    root: str
+    files: tuple[str, ...]
+    labels: np.ndarray
+    num_classes: int
+    shape: tuple[int, int, int]
+    levels: int = 256
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns dict(image=uint8 [n, *shape], label=int32 [n]): those files, decoded."""
+        indices = np.asarray(indices, np.int64)
+        image_N = np.empty((len(indices), *self.shape), np.uint8)
+        for row, index in enumerate(indices.tolist()):
+            try:
+                image_N[row] = _decode(pathlib.Path(self.root) / self.files[index], self.shape)
+            except _UNREADABLE as err:
+                raise ValueError(
+                    f"data.path={self.root!r}: {self.files[index]!r} passed the index's check "
+                    f"but cannot be decoded ({err}); remove or replace it") from err
+        return {"image": image_N, "label": self.labels[indices]}
+
+
+def folder_source(data, split: str, workdir=None) -> FolderSource:
+    """The "train" or "test" split of the folder described by the `cfg.data` ConfigDict;
+    the folder's index is cached in `workdir` (see the module docstring), if given."""
     path = data.get("path", None)
     if not path:
         raise ValueError("data.path must name a folder of images when data.source='folder'")
@@ -51,18 +101,18 @@ def folder_source(data, split: str) -> ArraySource:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"data.test_fraction must lie in (0, 1), got {fraction!r}")
     root = pathlib.Path(path).resolve()
-    files = _image_files(root)
-    # Sizes and modification times: the cache below reloads a folder whose files changed.
-    stamps = tuple((f, (root / f).stat().st_mtime_ns, (root / f).stat().st_size) for f in files)
+    index_file = None if workdir is None else str(pathlib.Path(workdir).resolve() / INDEX_FILE)
     labels_from_subfolders = bool(data.get("labels_from_subfolders", False))
-    splits = _load(str(root), stamps, shape, labels_from_subfolders, float(fraction))
+    splits = _load(str(root), _stamps(root), shape, labels_from_subfolders, float(fraction),
+                   index_file)
     return splits[("train", "test").index(split)]
 
 
 @functools.lru_cache(maxsize=2)
-def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction: float):
-    """(train, test) ArraySources; cached so that both splits decode the folder once."""
-    files = [rel for rel, _, _ in stamps]
+def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction: float,
+          index_file: str | None):
+    """(train, test) FolderSources; cached so that both splits share one index."""
+    files = [pathlib.PurePosixPath(rel) for rel, _, _ in stamps]
     class_names = sorted({f.parts[0] for f in files if len(f.parts) > 1})
     if labels_from_subfolders:
         loose = [str(f) for f in files if len(f.parts) == 1]
@@ -71,22 +121,16 @@ def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction:
                 f"data.labels_from_subfolders=True needs every image inside a sub-folder of "
                 f"data.path={root!r}; found {len(loose)} at the top level, e.g. {loose[0]!r}"
             )
-    images, labels, kept, skipped = [], [], [], []
-    for rel in files:
-        try:
-            images.append(_decode(pathlib.Path(root) / rel, shape))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            skipped.append(str(rel))  # PIL raises any of these for corrupt files
-            continue
-        kept.append(rel)
-        labels.append(class_names.index(rel.parts[0]) if labels_from_subfolders else 0)
+    readable = _index(root, stamps, index_file)
+    kept = [f for f, ok in zip(files, readable, strict=True) if ok]
+    skipped = [str(f) for f, ok in zip(files, readable, strict=True) if not ok]
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} unreadable image file(s) under data.path={root!r}: "
             f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
             stacklevel=2,
         )
-    if not images:
+    if not kept:
         raise ValueError(f"data.path={root!r} holds no readable image ({len(skipped)} skipped)")
     is_test = _test_mask(kept, test_fraction)
     if is_test.all():
@@ -95,28 +139,88 @@ def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction:
     # Stored in hash order, not path order: folders are often sorted by class, and the
     # first examples of the train split are the data-dependent init batch.
     order = np.argsort(_path_hashes(kept), kind="stable")
-    images_N, labels_N = np.stack(images)[order], np.asarray(labels, np.int32)[order]
-    is_test = is_test[order]
+    files_N = np.array([f.as_posix() for f in kept], object)[order]
+    labels = [class_names.index(f.parts[0]) if labels_from_subfolders else 0 for f in kept]
+    labels_N, is_test = np.asarray(labels, np.int32)[order], is_test[order]
     num_classes = len(class_names) if labels_from_subfolders else 0
     return tuple(
-        ArraySource(images_N[mask], labels_N[mask], num_classes, levels=256)
+        FolderSource(root, tuple(files_N[mask]), labels_N[mask], num_classes, shape)
         for mask in (~is_test, is_test)
     )
 
 
-def _image_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """Image files under root (relative paths, sorted), or a ValueError if there are none."""
+def _stamps(root: pathlib.Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative posix path, mtime_ns, size) of every image file under root, sorted by
+    path; a ValueError if there is none. Symlinked folders are not entered."""
     if not root.is_dir():
         raise ValueError(f"data.path={str(root)!r} is not a folder")
-    files = sorted(
-        p.relative_to(root) for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in SUFFIXES
-    )
-    if not files:
+    stamps = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if os.path.splitext(name)[1].lower() not in SUFFIXES:
+                continue
+            file = os.path.join(folder, name)
+            try:
+                info = os.stat(file)
+            except OSError:  # a dangling link: not a file
+                continue
+            if stat.S_ISREG(info.st_mode):
+                rel = pathlib.PurePosixPath(os.path.relpath(file, root))
+                stamps.append((rel, info.st_mtime_ns, info.st_size))
+    if not stamps:
         raise ValueError(
             f"data.path={str(root)!r} holds no image file (looked for {', '.join(SUFFIXES)})"
         )
-    return files
+    return tuple((rel.as_posix(), mtime, size) for rel, mtime, size in sorted(stamps))
+
+
+def _index(root: str, stamps, index_file: str | None) -> list[bool]:
+    """Whether each file of `stamps` is readable: from the cached index where its mtime and
+    size are unchanged, else checked now. The index is then rewritten (if it changed)."""
+    cached = _read_index(root, index_file)
+    entries = {}
+    for rel, mtime, size in stamps:
+        entry = cached.get(rel)
+        if entry is None or entry[:2] != [mtime, size]:
+            entry = [mtime, size, _readable(pathlib.Path(root) / rel)]
+        entries[rel] = entry
+    if entries != cached:
+        _write_index(root, index_file, entries)
+    return [entries[rel][2] for rel, _, _ in stamps]
+
+
+def _read_index(root: str, index_file: str | None) -> dict[str, list]:
+    """{relative path: [mtime_ns, size, readable]} of the folder's last index ({}: none)."""
+    if index_file is None:
+        return _MEMORY_INDEX.get(root, {})
+    try:
+        stored = json.loads(pathlib.Path(index_file).read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: the folder is indexed again
+        return {}
+    if not isinstance(stored, dict) or stored.get("root") != root:
+        return {}  # the workdir's data.path changed
+    return stored.get("files", {})
+
+
+def _write_index(root: str, index_file: str | None, entries: dict[str, list]) -> None:
+    """Keeps the index in memory, or writes it atomically: another process sharing the
+    workdir may read it at the same time."""
+    if index_file is None:
+        _MEMORY_INDEX[root] = entries
+        return
+    partial = pathlib.Path(f"{index_file}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"root": root, "files": entries}))
+    os.replace(partial, index_file)
+
+
+def _readable(file: pathlib.Path) -> bool:
+    """Whether PIL identifies the file and its structure checks out (no decode)."""
+    try:
+        with Image.open(file) as image:
+            image.verify()
+    except _UNREADABLE:
+        return False
+    return True
 
 
 def _decode(file: pathlib.Path, shape) -> np.ndarray:
@@ -142,13 +246,13 @@ def _grey_to_8_bits(image: Image.Image) -> Image.Image:
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
-def _path_hashes(files: list[pathlib.Path]) -> np.ndarray:
+def _path_hashes(files: list[pathlib.PurePath]) -> np.ndarray:
     """A stable pseudo-random key per relative path (uint64)."""
     digest = [hashlib.sha1(rel.as_posix().encode()).digest()[:8] for rel in files]
     return np.array([int.from_bytes(d, "big") for d in digest], np.uint64)
 
 
-def _test_mask(files: list[pathlib.Path], test_fraction: float) -> np.ndarray:
+def _test_mask(files: list[pathlib.PurePath], test_fraction: float) -> np.ndarray:
     """True for the files of the test split: the lowest path hashes, at least one."""
     rank = np.argsort(np.argsort(_path_hashes(files), kind="stable"), kind="stable")
     return rank < max(1, round(len(files) * test_fraction))

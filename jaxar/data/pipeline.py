@@ -18,7 +18,9 @@ Sources (`cfg.data.source` / `cfg.data.name`):
   "tfds" / "speech_commands" | "nsynth" | "nsynth/gansynth_subset" (prepared ArrayRecord
   read without tfds builders), cropped to `data.shape` = (length,), 8-bit mu-law codes.
 - "folder" (any name): every image under `data.path`, centre-cropped and resized to
-  `data.shape`, split by path hash, optional labels from sub-folders (`jaxar.data.image_folder`).
+  `data.shape` when read (the folder is only indexed up front, the index cached in the
+  run's workdir), split by path hash, optional labels from sub-folders
+  (`jaxar.data.image_folder`).
 - "codes" (any name): the code maps of a trained VQ-VAE run in `data.path`, level
   `data.level` ("top", or "bottom" with the top codes as each batch's "cond"),
   `jaxar.data.codes`.
@@ -50,7 +52,7 @@ import ml_collections
 import numpy as np
 
 from jaxar.data import audio, codes, image_folder
-from jaxar.data.sources import ArraySource
+from jaxar.data.sources import ArraySource, RandomAccess
 
 SOURCES = ("embedded", "synthetic", "tfds", "folder", "codes")
 EMBEDDED_NAMES = ("mnist",)
@@ -72,7 +74,7 @@ PREFETCH = 2  # batches read ahead (data.prefetch), per worker process or in one
 _SYNTHETIC_STREAM = 0x5EED
 
 
-class TfdsSource:
+class TfdsSource(RandomAccess):
     """One split of a prepared TFDS dataset, read record by record (random access)."""
 
     def __init__(self, data_source: Any, levels: int):
@@ -98,11 +100,11 @@ class TfdsSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
+class Split(RandomAccess):
     """The first `size` examples of a source, as models see them (reshaped and reduced).
 
     `get(indices)` returns dict(x=int32 [n, *event_shape] in [0, num_levels),
-    labels=int32 [n]).
+    labels=int32 [n]); `split[i]` one such record (grain's RandomAccessDataSource).
     """
 
     name: str
@@ -232,6 +234,44 @@ class TrainIterator:
         close = getattr(self._iterator, "close", None)
         if close is not None:
             close()
+
+
+class ReadAhead:
+    """The next batch of a TrainIterator, read and passed through `put` (the trainer's
+    `device_batch`: onto the devices) while the caller's current step runs.
+
+    `take()` returns the batch read ahead (reading it first if none is held);
+    `read_ahead()` reads the next one. A read that fails ahead of time raises in the
+    `take()` of its own step, so everything before that step (its checkpoint) still
+    happens. `get_state()` is the position of the next batch `take()` returns, not of
+    the one held: the position to checkpoint.
+    """
+
+    def __init__(self, iterator: TrainIterator, put):
+        self._iterator, self._put = iterator, put
+        self._held = None  # (position before the read, the batch or the read's error)
+
+    def read_ahead(self) -> None:
+        """Reads the next batch and puts it; a failure is kept for `take()`."""
+        position = self._iterator.get_state()
+        try:
+            batch = self._put(next(self._iterator))
+        except Exception as err:  # noqa: BLE001 (raised by the take() of its step)
+            batch = err
+        self._held = (position, batch)
+
+    def take(self):
+        """The batch read ahead (read now if none is held), or its read's error raised."""
+        if self._held is None:
+            self.read_ahead()
+        (_, batch), self._held = self._held, None
+        if isinstance(batch, Exception):
+            raise batch
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """The iterator's position before the batch held (TrainIterator.get_state)."""
+        return self._iterator.get_state() if self._held is None else self._held[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,7 +448,7 @@ def _check_shape(data: ml_collections.ConfigDict) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
+def _load_source(cfg: ml_collections.ConfigDict, split: str, workdir) -> Any:
     """The raw source of `split` ("train" or "test") named by cfg.data."""
     data = cfg.data
     if data.source == "embedded":
@@ -416,7 +456,7 @@ def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
     if data.source == "synthetic":
         return _synthetic(data, split, cfg.seed)
     if data.source == "folder":
-        return image_folder.folder_source(data, split)
+        return image_folder.folder_source(data, split, workdir)
     if data.source == "codes":
         return codes.codes_source(data, split)
     if data.name in audio.TFDS_NAMES:
@@ -426,10 +466,11 @@ def _load_source(cfg: ml_collections.ConfigDict, split: str) -> Any:
     return _tfds(data.name, split, data.get("tfds_dir", None))
 
 
-def _make_split(cfg: ml_collections.ConfigDict, split: str, shape: tuple[int, ...]) -> Split:
+def _make_split(cfg: ml_collections.ConfigDict, split: str, shape: tuple[int, ...],
+                workdir) -> Split:
     """Wraps the raw source of `split` with the cap, reshape and level reduction."""
     data = cfg.data
-    source = _load_source(cfg, split)
+    source = _load_source(cfg, split, workdir)
     if not 2 <= data.num_levels <= source.levels:
         raise ValueError(
             f"data.num_levels={data.num_levels} is invalid for {data.source}/{data.name}, "
@@ -446,8 +487,12 @@ def _make_split(cfg: ml_collections.ConfigDict, split: str, shape: tuple[int, ..
     return Split(f"{data.source}/{data.name}/{split}", source, size, shape, data.num_levels)
 
 
-def load_splits(cfg: ml_collections.ConfigDict) -> tuple[Split, Split]:
-    """The (train, test) Splits described by cfg.data (and cfg.seed for synthetic data)."""
+def load_splits(cfg: ml_collections.ConfigDict, workdir=None) -> tuple[Split, Split]:
+    """The (train, test) Splits described by cfg.data (and cfg.seed for synthetic data).
+
+    `workdir` (a run's directory) keeps what a source caches across runs: an image
+    folder's index (`jaxar.data.image_folder`); None keeps it in memory.
+    """
     data = cfg.data
     _check_names(data)
     shape = _check_shape(data)
@@ -455,7 +500,7 @@ def load_splits(cfg: ml_collections.ConfigDict) -> tuple[Split, Split]:
         raise ValueError(f"data.num_levels={data.num_levels!r} must be an int >= 2")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ValueError(f"seed={cfg.seed!r} must be a non-negative int")
-    return _make_split(cfg, "train", shape), _make_split(cfg, "test", shape)
+    return _make_split(cfg, "train", shape, workdir), _make_split(cfg, "test", shape, workdir)
 
 
 def eval_batch_size(cfg: ml_collections.ConfigDict) -> int:
@@ -466,14 +511,15 @@ def eval_batch_size(cfg: ml_collections.ConfigDict) -> int:
 
 
 def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
-                    process_count=None) -> tuple[TrainIterator, Split]:
-    """(TrainIterator over the train split, test Split for `eval_batches`).
+                    process_count=None, workdir=None) -> tuple[TrainIterator, Split]:
+    """(TrainIterator over the train split, test Split for `eval_batches`); `workdir` as
+    in `load_splits`.
 
     Evaluate with `eval_batches(test, eval_batch_size(cfg))`. Both batch sizes and the
     labels `model.num_classes` needs are checked here, so a bad config fails before any
     compilation.
     """
-    train, test = load_splits(cfg)
+    train, test = load_splits(cfg, workdir)
     check_labels(cfg, train)
     iterator = TrainIterator(train, cfg.train.batch_size, cfg.seed, process_index,
                              process_count, num_workers=num_workers(cfg.data),

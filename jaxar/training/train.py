@@ -440,7 +440,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
             data_cfg.eval.batch_size = trainer.eval_batch_size  # what the data checks is what runs
             with _failing("loading the data", errors=(OSError,)):  # ValueError: bad input
                 codes.prepare(cfg)  # a prior's VQ-VAE codes, encoded once
-                train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard)
+                train_iter, test_split = data.create_datasets(data_cfg, *trainer.data_shard,
+                                                              workdir=workdir)
             _check_served_cond(model, train_iter.split)
             ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
             restored = ckpt.restore_latest(trainer.abstract_state)
@@ -564,7 +565,9 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
     """Trains to train.num_steps. Every step's loss is checked (`_check_loss`, against
     `limit` = train.max_bpd) before a checkpoint of that step is saved, and the state's
     finiteness before any evaluation, sample or save; failed reads and writes raise
-    RunFailed, a divergence Diverged."""
+    RunFailed, a divergence Diverged. The next batch is read and put on the devices while
+    a step runs (`data.ReadAhead`); checkpoints hold the position of the batch after
+    their step, not of the one read ahead."""
     cfg = trainer.cfg
     t = cfg.train
     start = int(state.step)
@@ -572,12 +575,15 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
     loss_metric = trainer.model.loss_metric
     check = lambda step, metrics: _check_loss(step, metrics, limit, loss_metric)
     window, tic, pending = [], time.perf_counter(), None
+    batches = data.ReadAhead(train_iter, trainer.device_batch)
     try:
         for step in range(start + 1, t.num_steps + 1):
             with _failing(f"reading the training data for step {step}"):
-                batch = next(train_iter)
+                batch = batches.take()
             with rng_context():
-                state, metrics = trainer.train_step(state, trainer.device_batch(batch))
+                state, metrics = trainer.train_step(state, batch)
+            if step < t.num_steps:  # the next batch reaches the devices while this step runs
+                batches.read_ahead()
             if pending is not None:  # fetching the previous step's metrics overlaps this one
                 window.append(check(*pending))
             pending = (step, metrics)
@@ -614,7 +620,7 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
                 write_samples(trainer, state, step, workdir, test_split)
             if save_now:
                 with _failing(f"saving checkpoints in {ckpt.directory} (at step {step})"):
-                    ckpt.save(step, state, train_iter.get_state(), cfg)
+                    ckpt.save(step, state, batches.get_state(), cfg)
             if step % t.eval_every_steps == 0 or step % t.sample_every_steps == 0:
                 tic = time.perf_counter()  # keep evaluation and sampling out of images/s
     finally:  # the bar ends its line, also before an error's
