@@ -112,17 +112,25 @@ def test_smoke_trains_on_a_folder_of_pngs(tmp_path):
     cfg.data.update(source="folder", path=str(root), labels_from_subfolders=True,
                     test_fraction=0.25, shape=(8, 8, 3), num_train=None, num_test=None)
     cfg.model.update(num_classes=2, features=6, head_features=6)  # 3 colour groups
-    cfg.train.update(num_steps=2, batch_size=4, init_batch_size=4, eval_every_steps=2,
-                     sample_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+    cfg.train.update(num_steps=3, batch_size=4, init_batch_size=4, eval_every_steps=3,
+                     sample_every_steps=3, checkpoint_every_steps=2, log_every_steps=1)
     cfg.eval.batch_size = 4
     with pytest.warns(UserWarning, match="skipped 1"):
         state = jaxar.train_and_evaluate(cfg, tmp_path / "run")
-    assert int(state.step) == 2
+    assert int(state.step) == 3
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
             .splitlines()]
-    assert [r["step"] for r in rows if "train/bpd" in r] == [1, 2]
+    assert [r["step"] for r in rows if "train/bpd" in r] == [1, 2, 3]
     assert np.isfinite([r["eval/bpd"] for r in rows if "eval/bpd" in r]).all()
-    assert (tmp_path / "run" / "samples_2.png").is_file()
+    assert (tmp_path / "run" / "samples_3.png").is_file()
+    # Step 3's batch was read ahead while step 2 ran: step 2's checkpoint holds the
+    # position after two batches, where a resumed run continues.
+    saved = tmp_path / "run" / "checkpoints" / "2" / "data" / "metadata"
+    with pytest.warns(UserWarning, match="skipped 1"):
+        train, _ = data.load_splits(cfg)
+    iterator = data.TrainIterator(train, 4, seed=0, process_index=0, process_count=1)
+    next(iterator), next(iterator)
+    assert json.loads(saved.read_text()) == iterator.get_state()
     index = json.loads((tmp_path / "run" / image_folder.INDEX_FILE).read_text())["files"]
     assert len(index) == 13 and index["ruby/broken.png"][2] is False  # the run's own index
 
