@@ -112,10 +112,10 @@ def folder_source(data, split: str, workdir=None) -> FolderSource:
 def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction: float,
           index_file: str | None):
     """(train, test) FolderSources; cached so that both splits share one index."""
-    files = [pathlib.PurePosixPath(rel) for rel, _, _ in stamps]
-    class_names = sorted({f.parts[0] for f in files if len(f.parts) > 1})
+    files = [rel for rel, _, _ in stamps]  # posix paths relative to root
+    class_names = sorted({f.split("/", 1)[0] for f in files if "/" in f})
     if labels_from_subfolders:
-        loose = [str(f) for f in files if len(f.parts) == 1]
+        loose = [f for f in files if "/" not in f]
         if loose:
             raise ValueError(
                 f"data.labels_from_subfolders=True needs every image inside a sub-folder of "
@@ -123,7 +123,7 @@ def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction:
             )
     readable = _index(root, stamps, index_file)
     kept = [f for f, ok in zip(files, readable, strict=True) if ok]
-    skipped = [str(f) for f, ok in zip(files, readable, strict=True) if not ok]
+    skipped = [f for f, ok in zip(files, readable, strict=True) if not ok]
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} unreadable image file(s) under data.path={root!r}: "
@@ -132,16 +132,18 @@ def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction:
         )
     if not kept:
         raise ValueError(f"data.path={root!r} holds no readable image ({len(skipped)} skipped)")
-    is_test = _test_mask(kept, test_fraction)
+    hashes = _path_hashes(kept)
+    is_test = _test_mask(hashes, test_fraction)
     if is_test.all():
         raise ValueError(f"data.path={root!r} holds only {len(kept)} readable image(s): too "
                          f"few for a train and a test split")
     # Stored in hash order, not path order: folders are often sorted by class, and the
     # first examples of the train split are the data-dependent init batch.
-    order = np.argsort(_path_hashes(kept), kind="stable")
-    files_N = np.array([f.as_posix() for f in kept], object)[order]
-    labels = [class_names.index(f.parts[0]) if labels_from_subfolders else 0 for f in kept]
-    labels_N, is_test = np.asarray(labels, np.int32)[order], is_test[order]
+    order = np.argsort(hashes, kind="stable")
+    class_of = {name: k for k, name in enumerate(class_names)}
+    labels = [class_of[f.split("/", 1)[0]] if labels_from_subfolders else 0 for f in kept]
+    files_N, labels_N = np.array(kept, object)[order], np.asarray(labels, np.int32)[order]
+    is_test = is_test[order]
     num_classes = len(class_names) if labels_from_subfolders else 0
     return tuple(
         FolderSource(root, tuple(files_N[mask]), labels_N[mask], num_classes, shape)
@@ -151,27 +153,33 @@ def _load(root: str, stamps, shape, labels_from_subfolders: bool, test_fraction:
 
 def _stamps(root: pathlib.Path) -> tuple[tuple[str, int, int], ...]:
     """(relative posix path, mtime_ns, size) of every image file under root, sorted by
-    path; a ValueError if there is none. Symlinked folders are not entered."""
+    path; a ValueError if there is none. Symlinked folders and folders that cannot be
+    listed are not entered."""
     if not root.is_dir():
         raise ValueError(f"data.path={str(root)!r} is not a folder")
-    stamps = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            if os.path.splitext(name)[1].lower() not in SUFFIXES:
-                continue
-            file = os.path.join(folder, name)
-            try:
-                info = os.stat(file)
-            except OSError:  # a dangling link: not a file
-                continue
-            if stat.S_ISREG(info.st_mode):
-                rel = pathlib.PurePosixPath(os.path.relpath(file, root))
-                stamps.append((rel, info.st_mtime_ns, info.st_size))
+    stamps, folders = [], [("", str(root))]
+    while folders:
+        prefix, folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except PermissionError:
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                folders.append((rel + "/", entry.path))
+            elif os.path.splitext(entry.name)[1].lower() in SUFFIXES:
+                try:
+                    info = entry.stat()  # of the file a link points to
+                except OSError:  # a dangling link: not a file
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    stamps.append((rel, info.st_mtime_ns, info.st_size))
     if not stamps:
         raise ValueError(
             f"data.path={str(root)!r} holds no image file (looked for {', '.join(SUFFIXES)})"
         )
-    return tuple((rel.as_posix(), mtime, size) for rel, mtime, size in sorted(stamps))
+    return tuple(sorted(stamps, key=lambda stamp: stamp[0].split("/")))  # pathlib's order
 
 
 def _index(root: str, stamps, index_file: str | None) -> list[bool]:
@@ -246,13 +254,13 @@ def _grey_to_8_bits(image: Image.Image) -> Image.Image:
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
-def _path_hashes(files: list[pathlib.PurePath]) -> np.ndarray:
-    """A stable pseudo-random key per relative path (uint64)."""
-    digest = [hashlib.sha1(rel.as_posix().encode()).digest()[:8] for rel in files]
+def _path_hashes(files: list[str]) -> np.ndarray:
+    """A stable pseudo-random key per relative posix path (uint64)."""
+    digest = [hashlib.sha1(rel.encode()).digest()[:8] for rel in files]
     return np.array([int.from_bytes(d, "big") for d in digest], np.uint64)
 
 
-def _test_mask(files: list[pathlib.PurePath], test_fraction: float) -> np.ndarray:
+def _test_mask(hashes: np.ndarray, test_fraction: float) -> np.ndarray:
     """True for the files of the test split: the lowest path hashes, at least one."""
-    rank = np.argsort(np.argsort(_path_hashes(files), kind="stable"), kind="stable")
-    return rank < max(1, round(len(files) * test_fraction))
+    rank = np.argsort(np.argsort(hashes, kind="stable"), kind="stable")
+    return rank < max(1, round(len(hashes) * test_fraction))
