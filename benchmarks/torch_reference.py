@@ -14,7 +14,7 @@
   trainer's own jitted step (`jaxar.training.train.Trainer.train_step`, built and
   compiled ahead of time by benchmarks/accelerator.py's `build` and `compile_step`:
   loss, gradient, clipping if the config has it, Adam with the config's betas and
-  learning-rate decay, EMA), `model.conv_impl="auto"`. PyTorch runs `PixelCNNPP` below,
+  learning-rate decay, EMA), for `model.conv_impl` "auto" and "plain". PyTorch runs `PixelCNNPP` below,
   written from the paper (Salimans et al., 2017) with the same layers, kernel sizes and
   skip connections as `jaxar.models.pixelcnn_pp` (its parameter count is checked equal
   to jaxar's before timing), weight-normalized with data-dependent init on the same
@@ -375,10 +375,10 @@ def init_from_data(net, x_unit, labels=None) -> None:
 # --- PixelCNN++ steps ------------------------------------------------------------------
 
 
-def pp_batch_and_config(spec: str, batch_size: int):
-    """The config (batch `batch_size`, conv_impl "auto") and a random batch of its shape."""
+def pp_batch_and_config(spec: str, batch_size: int, impl: str = "auto"):
+    """The config (batch `batch_size`, `model.conv_impl=impl`) and a random batch of its shape."""
     cfg = jaxar.load_config(str(ROOT / spec))
-    cfg.model.conv_impl = "auto"
+    cfg.model.conv_impl = impl
     cfg.train.batch_size = batch_size
     cfg.train.init_batch_size = min(cfg.train.init_batch_size, batch_size)
     batch = random_batch(jaxar.build_model(cfg), batch_size)
@@ -486,17 +486,21 @@ def run_seed(rounds: int) -> None:
 
 def run_pp(name: str, rounds: int) -> None:
     spec, batch_size = PP_CONFIGS[name]
-    cfg, host_batch = pp_batch_and_config(spec, batch_size)
-    with common.rng_context():
-        jax_step, compile_s, jax_params = pp_jax_step(cfg, host_batch)
-    torch_step, torch_params = pp_torch_step(cfg, host_batch)
+    steps, compile_s = {}, {}
+    for impl in ("auto", "plain"):  # the same batch: the configs differ in conv_impl only
+        cfg, host_batch = pp_batch_and_config(spec, batch_size, impl)
+        with common.rng_context():
+            steps[f"jaxar {impl}"], compile_s[impl], jax_params = pp_jax_step(cfg, host_batch)
+    steps["torch"], torch_params = pp_torch_step(cfg, host_batch)
     if torch_params != jax_params:
         raise AssertionError(f"{name}: PyTorch has {torch_params:,} parameters, "
                              f"jaxar {jax_params:,}")
     with common.rng_context():
-        timed = time_interleaved({"jaxar": jax_step, "torch": torch_step}, rounds)
+        timed = time_interleaved(steps, rounds)
+    compiles = ", ".join(f"{impl} {s:.1f} s" for impl, s in compile_s.items())
     report(f"{name}: {spec}, batch {batch_size}, {jax_params:,} parameters (jaxar and torch); "
-           f"jaxar compile {compile_s:.1f} s", batch_size, timed, [("jaxar", "torch")])
+           f"jaxar compile {compiles}", batch_size, timed,
+           [("jaxar auto", "torch"), ("jaxar plain", "torch"), ("jaxar auto", "jaxar plain")])
 
 
 def main(argv=None):

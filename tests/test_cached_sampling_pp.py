@@ -111,10 +111,10 @@ def case(request):
     return (*_build(name, shape, levels, kwargs), temperature)
 
 
-# PixelCNN++ at three resolutions and two resnets per stage; PixelSNAIL's orderings and
-# conditioning modes draw the same samples in tests/test_protocol.py, and the per-call
-# parameters below hold for these larger ones.
-@pytest.mark.parametrize("case", CASES[:2], ids=lambda c: c[0], indirect=True)
+# PixelCNN++ at two resnets per stage (the other cases' per-call parameters are checked
+# below, and every model's decoder and the one sampling loop draw naive's samples in
+# tests/test_protocol.py): the geometry whose decoder only this test runs.
+@pytest.mark.parametrize("case", CASES[1:2], ids=lambda c: c[0], indirect=True)
 def test_cached_samples_equal_naive_samples(case):
     """Free rows (nothing known) and completion rows in one batch: one program per method."""
     model, variables, labels, temperature = case

@@ -19,8 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "made_mnist.py:smoke")  # the cheapest smoke model
 OVERRIDES = {"num_steps": 100, "checkpoint_every_steps": 2, "log_every_steps": 5,
              "eval_every_steps": 20, "sample_every_steps": 100}
-KILLS = 10
-BLIND_EVERY = 4  # every 4th kill lands at a random moment after the start, whatever it does
+KILLS = 6
+BLIND_EVERY = 3  # every 3rd kill lands at a random moment after the start, whatever it does
 
 
 def full_state(workdir, step):
@@ -38,7 +38,7 @@ def checkpoint_steps(workdir):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
-    """10 SIGKILLs: 8 at a random moment within 1.5 checkpoint intervals after a new
+    """6 SIGKILLs: 4 at a random moment within 1.5 checkpoint intervals after a new
     checkpoint appears (mid-training, mid-save, mid-prune), 2 at a random moment between
     the start and the first new checkpoint (imports, the lock, the restore, the metrics
     rewrite, the first steps); both scale with this machine's speed, measured on the
