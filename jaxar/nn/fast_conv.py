@@ -32,10 +32,15 @@ the layers in `jaxar.nn.layers` and the stride-1 convolutions of `jaxar.nn.shift
 "plain" is the dense masked `lax.conv_general_dilated`. "split" (raster-masked
 convolutions only; other layers given it follow "auto") runs XLA's convolution on the
 two dense parts of the mask, forward and gradients. "auto" is "im2col" on CPU and
-"plain" on GPU and TPU (not measured there: no accelerator was available). Measured on
-a 2-core CPU (`benchmarks/train_throughput.py --rounds 5`, train steps of whole models,
-im2col / plain): seed PixelCNN (7x7, 64 features, batch 128) 2.6-2.7x, the CPU defaults
-of PixelCNN 1.25x, Gated PixelCNN 1.7x, PixelCNN++ 1.1x, PixelSNAIL 1.04x.
+"plain" on GPU and TPU (not measured there: no accelerator was available), except for
+the shifted convolutions, which have no masked taps to skip: "plain" everywhere
+(`resolve_impl`). Measured on 2-core CPUs (`benchmarks/train_throughput.py --rounds 5`,
+train steps of whole models, im2col / plain): seed PixelCNN (7x7, 64 features, batch
+128) 2.6-2.9x, the CPU defaults of PixelCNN 1.25x, Gated PixelCNN 1.7x; the shifted
+convolutions' gain depends on the CPU: PixelCNN++ 1.1x and PixelSNAIL 1.04x on one AMD
+EPYC, PixelCNN++ 0.87-0.94x (`default`) and 0.68x (paper size) and PixelSNAIL 0.93-1.08x
+on another (AVX-512), where XLA's own convolution gradients are as fast as the gathered
+ones at these 4-6 tap kernels.
 """
 
 from __future__ import annotations
@@ -63,17 +68,22 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-def resolve_impl(impl: str, masked: bool = False) -> str:
+def resolve_impl(impl: str, masked: bool = False, shifted: bool = False) -> str:
     """The implementation ("plain", "im2col" or, for masked layers, "split") for a layer.
 
     "split" applies to raster-masked convolutions only (`layers.MaskedConv2D`); other
-    layers given "split" follow the "auto" rule.
+    layers given "split" follow the "auto" rule. "auto" is "im2col" on CPU and "plain"
+    elsewhere, except for `shifted` layers (the weight-normalized shifted convolutions of
+    `jaxar.nn.shifted_layers`: 4 or 6 taps, none masked, so there is nothing to skip),
+    which are "plain" everywhere: whole PixelCNN++ train steps measured on a 2-core AMD
+    EPYC (AVX-512), plain / im2col: 1.48x at paper size (batch 4), 1.06-1.15x at `default`
+    size; PixelSNAIL `default` within noise (0.93-1.01x).
     """
     if check_impl(impl) == "split" and not masked:
         impl = "auto"
     if impl != "auto":
         return impl
-    return "im2col" if jax.default_backend() == "cpu" else "plain"
+    return "im2col" if jax.default_backend() == "cpu" and not shifted else "plain"
 
 
 def pad_to_cover(x_BHWI, offsets, out_hw):

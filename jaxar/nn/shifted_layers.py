@@ -232,7 +232,7 @@ class WNConv(nn.Module):
         v = self.param("v", direction_init, (geom.kh, geom.kw, x_BHWC.shape[-1], self.features))
         kernel = wn_kernel(v)
         if geom.stride == geom.dilation == 1:
-            impl = fast_conv.resolve_impl(self.conv_impl)
+            impl = fast_conv.resolve_impl(self.conv_impl, shifted=True)
             y = fast_conv.conv(x_BHWC, kernel, None, 1, impl, geom.padding)
         else:
             y = jax.lax.conv_general_dilated(
