@@ -14,7 +14,8 @@
   trainer's own jitted step (`jaxar.training.train.Trainer.train_step`, built and
   compiled ahead of time by benchmarks/accelerator.py's `build` and `compile_step`:
   loss, gradient, clipping if the config has it, Adam with the config's betas and
-  learning-rate decay, EMA), for `model.conv_impl` "auto" and "plain". PyTorch runs `PixelCNNPP` below,
+  learning-rate decay, EMA), for `model.conv_impl` "auto" (XLA's convolutions) and
+  "im2col" (`jaxar.nn.fast_conv`'s gathered gradients). PyTorch runs `PixelCNNPP` below,
   written from the paper (Salimans et al., 2017) with the same layers, kernel sizes and
   skip connections as `jaxar.models.pixelcnn_pp` (its parameter count is checked equal
   to jaxar's before timing), weight-normalized with data-dependent init on the same
@@ -487,7 +488,7 @@ def run_seed(rounds: int) -> None:
 def run_pp(name: str, rounds: int) -> None:
     spec, batch_size = PP_CONFIGS[name]
     steps, compile_s = {}, {}
-    for impl in ("auto", "plain"):  # the same batch: the configs differ in conv_impl only
+    for impl in ("auto", "im2col"):  # the same batch: the configs differ in conv_impl only
         cfg, host_batch = pp_batch_and_config(spec, batch_size, impl)
         with common.rng_context():
             steps[f"jaxar {impl}"], compile_s[impl], jax_params = pp_jax_step(cfg, host_batch)
@@ -500,7 +501,7 @@ def run_pp(name: str, rounds: int) -> None:
     compiles = ", ".join(f"{impl} {s:.1f} s" for impl, s in compile_s.items())
     report(f"{name}: {spec}, batch {batch_size}, {jax_params:,} parameters (jaxar and torch); "
            f"jaxar compile {compiles}", batch_size, timed,
-           [("jaxar auto", "torch"), ("jaxar plain", "torch"), ("jaxar auto", "jaxar plain")])
+           [("jaxar auto", "torch"), ("jaxar im2col", "torch"), ("jaxar auto", "jaxar im2col")])
 
 
 def main(argv=None):

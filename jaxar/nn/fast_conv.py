@@ -37,10 +37,10 @@ the shifted convolutions, which have no masked taps to skip: "plain" everywhere
 (`resolve_impl`). Measured on 2-core CPUs (`benchmarks/train_throughput.py --rounds 5`,
 train steps of whole models, im2col / plain): seed PixelCNN (7x7, 64 features, batch
 128) 2.6-2.9x, the CPU defaults of PixelCNN 1.25x, Gated PixelCNN 1.7x; the shifted
-convolutions' gain depends on the CPU: PixelCNN++ 1.1x and PixelSNAIL 1.04x on one AMD
-EPYC, PixelCNN++ 0.87-0.94x (`default`) and 0.68x (paper size) and PixelSNAIL 0.93-1.08x
-on another (AVX-512), where XLA's own convolution gradients are as fast as the gathered
-ones at these 4-6 tap kernels.
+convolutions' gain depends on the CPU: PixelCNN++ 1.1x and PixelSNAIL 1.04x at `default`
+size on one AMD EPYC, a tie at paper size; PixelCNN++ 0.88x (`default`, two steps of each
+built in turn) and a tie (paper size), PixelSNAIL within noise, on another (AVX-512),
+where XLA's own convolution gradients are as fast as the gathered ones at 4-6 taps.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def resolve_impl(impl: str, masked: bool = False, shifted: bool = False) -> str:
     elsewhere, except for `shifted` layers (the weight-normalized shifted convolutions of
     `jaxar.nn.shifted_layers`: 4 or 6 taps, none masked, so there is nothing to skip),
     which are "plain" everywhere: whole PixelCNN++ train steps measured on a 2-core AMD
-    EPYC (AVX-512), plain / im2col: 1.48x at paper size (batch 4), 1.06-1.15x at `default`
-    size; PixelSNAIL `default` within noise (0.93-1.01x).
+    EPYC (AVX-512), two steps of each built in turn, plain / im2col: 1.13x at `default`
+    size (batch 16), a tie at paper size (batch 4); PixelSNAIL `default` within noise.
     """
     if check_impl(impl) == "split" and not masked:
         impl = "auto"
