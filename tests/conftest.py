@@ -21,10 +21,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # Compiling dominates this suite's tiny programs on CPU. Two XLA:CPU settings cut it:
 # backend (LLVM) optimization off, and fusions emitted by XLA's loop emitters instead of
 # its MLIR fusion emitters, which take longer to compile (one protocol case: 8.8 s of
-# backend compilation with them, 4.9 s without). The recorded golden numbers and every exact comparison hold unchanged;
-# the per-layer float-tolerance comparisons of the fast convolutions compile at the
-# default level (test_fast_conv.py). Inherited by the workers and by every subprocess, so
-# compared runs share the settings; a flag the caller sets is left as it is.
+# backend compilation with them, 4.9 s without). The recorded golden numbers and every
+# exact comparison hold unchanged; the per-layer float-tolerance comparisons of the fast
+# convolutions compile at the default level (test_fast_conv.py). Inherited by the workers
+# and by every subprocess, so compared runs share the settings; a flag the caller sets is
+# left as it is.
 _SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
 for _flag, _value in _SUITE_XLA_FLAGS.items():
     if _flag not in os.environ.get("XLA_FLAGS", ""):

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,9 @@ import jaxar
 from jaxar.models import common, pixelsnail
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import attention as attention_benchmark  # noqa: E402
+
 TINY = dict(features=4, num_blocks=1, num_resnets=1, key_features=4, value_features=4,
             num_heads=2, num_mixtures=2)
 # Flat pixel indices of a 4x4 image in generation order: any permutation works.
@@ -194,32 +198,22 @@ def test_smoke_config_trains_and_samples(tmp_path):
     assert (tmp_path / f"samples_{cfg.train.num_steps}.png").is_file()
 
 
-def _masked_attention(q, k, v, steps, num_heads):
-    """The full [N, N] masked softmax the blocked `causal_attention` must equal."""
-    b, h, w, _ = q.shape
-    heads = lambda a: a.reshape(b, h * w, num_heads, -1)
-    flat = steps.ravel()
-    visible = flat[:, None] > flat[None, :]
-    logits = jnp.einsum("bnhd,bmhd->bhnm", heads(q), heads(k)) / (q.shape[-1] // num_heads) ** 0.5
-    weights = jax.nn.softmax(jnp.where(visible, logits, -1e30), axis=-1)
-    out = jnp.einsum("bhnm,bmhd->bnhd", weights, heads(v)) * visible.any(1)[:, None, None]
-    return out.reshape(b, h, w, -1)
-
-
 @pytest.mark.parametrize("ordering", ["raster", "zigzag", "custom"])
 def test_blocked_attention_equals_the_full_masked_softmax(ordering, monkeypatch):
     """Query blocks of 16 over 7x9 pixels (4 blocks, the last ragged), values and
-    gradients; a query block must not see keys generated at or after its queries."""
+    gradients, against the full masked softmax it replaced (benchmarks/attention.py);
+    a query block must not see keys generated at or after its queries."""
     monkeypatch.setattr(pixelsnail, "QUERY_BLOCK", 16)
     order = tuple(np.random.default_rng(3).permutation(63).tolist())
     steps = pixelsnail.pixel_steps(ordering, 7, 9, order if ordering == "custom" else ())
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 9, f)), jnp.float32) for f in (6, 6, 4))
     got = pixelsnail.causal_attention(q, k, v, steps, 2)
-    np.testing.assert_allclose(got, _masked_attention(q, k, v, steps, 2), rtol=1e-5, atol=1e-6)
+    full = attention_benchmark.masked_attention
+    np.testing.assert_allclose(got, full(q, k, v, steps, 2), rtol=1e-5, atol=1e-6)
     ct = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
     grads = [jax.grad(lambda *a, f=f: jnp.vdot(f(*a, steps, 2), ct), argnums=(0, 1, 2))(q, k, v)
-             for f in (pixelsnail.causal_attention, _masked_attention)]
+             for f in (pixelsnail.causal_attention, full)]
     for a, b in zip(*grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Changing the keys and values of the last pixel generated changes no output.
