@@ -95,8 +95,10 @@ def shift_in_order(x_BHWC: jax.Array, steps_HW: np.ndarray) -> jax.Array:
 
 
 # Queries per block of `causal_attention`: at 32x32 (1024 pixels) 16 blocks, which compute
-# 53% of the full [N, N] logits (the PixelSNAIL `default` train step: 1.05x faster than
-# with 128, measured in one process on a 2-core AMD EPYC).
+# 53% of the full [N, N] logits. benchmarks/attention.py on a 2-core AMD EPYC: the
+# `default` train step 1.71x the full softmax's with blocks of 64, 1.45x with 128; at
+# paper size (batch 1, where attention is a small part of the step) no faster, and its
+# compilation 30 s -> 50 s with 64, 39 s with 128.
 QUERY_BLOCK = 64
 
 
