@@ -2,6 +2,7 @@
 
   python benchmarks/train_throughput.py                    # the configs below
   python benchmarks/train_throughput.py --rounds 5 --configs experiments/pixelcnn_mnist.py:seed
+  python benchmarks/train_throughput.py --configs experiments/pixelcnn_pp_cifar10.py:paper --batch 4
 
 For each config the same model is built once per path with the same initial
 parameters: `model.conv_impl = "plain"` (dense kernel times mask,
@@ -71,9 +72,9 @@ def random_batch(model, batch_size, seed=0):
     return {"x": jnp.asarray(x), "labels": labels, "cond": model.derive_cond(x)}
 
 
-def compare(spec: str, rounds: int) -> float:
+def compare(spec: str, rounds: int, batch_size: int | None = None) -> float:
     cfg = jaxar.load_config(str(ROOT / spec))
-    batch_size = cfg.train.batch_size
+    batch_size = batch_size or cfg.train.batch_size
     if not hasattr(jaxar.build_model(cfg), "conv_impl"):
         print(f"  {spec}: skipped (the model's layers have no conv_impl switch)", flush=True)
         return float("nan")
@@ -124,16 +125,21 @@ def main():
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="comma-separated config paths[:variant]; missing files are skipped")
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per path")
+    parser.add_argument("--batch", type=int,
+                        help="batch size (default: each config's; paper sizes need less)")
     args = parser.parse_args()
+    if args.rounds < 1 or (args.batch is not None and args.batch < 1):
+        raise ValueError("--rounds and --batch must be >= 1")
     auto = fast_conv.resolve_impl("auto")
+    shifted = fast_conv.resolve_impl("auto", shifted=True)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores; "
-          f"conv_impl='auto' here: {auto}")
+          f"conv_impl='auto' here: {auto} (shifted convolutions: {shifted})")
     for spec in args.configs.split(","):
         if not (ROOT / spec.split(":")[0]).exists():
             print(f"  {spec}: skipped (no such config file)")
             continue
         with common.rng_context():
-            compare(spec, args.rounds)
+            compare(spec, args.rounds, args.batch)
 
 
 if __name__ == "__main__":
