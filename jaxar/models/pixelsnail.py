@@ -118,7 +118,11 @@ def causal_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW: np.ndarray, num_heads: in
     n = height * width
     flat = steps_HW.ravel()
     order = np.argsort(flat)  # the pixel generated at each step
-    heads = lambda a: a.reshape(batch, n, num_heads, a.shape[-1] // num_heads)[:, order]
+    # Raster order is pixel order: its identity gathers (and their gradients' scatters)
+    # cost 5% of the attention's forward and backward.
+    permute = not np.array_equal(order, np.arange(n))
+    to_steps = lambda a: a[:, order] if permute else a
+    heads = lambda a: to_steps(a.reshape(batch, n, num_heads, a.shape[-1] // num_heads))
     q, k, v = heads(q_BHWK), heads(k_BHWK), heads(v_BHWV)
     scale = q.shape[-1] ** 0.5
     blocks = []
@@ -129,11 +133,12 @@ def causal_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW: np.ndarray, num_heads: in
         visible_QM = np.arange(start, stop)[:, None] > np.arange(seen)[None, :]
         weights = jax.nn.softmax(jnp.where(visible_QM, logits_BHQM, -1e30), axis=-1)
         blocks.append(jnp.einsum("bhqm,bmhd->bqhd", weights, v[:, :seen]))
-    out_BSHD = jnp.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    out_BSHD = jnp.concatenate(blocks, axis=1)
     # No earlier pixel (step 0): attend to nothing. Zeroing that output rather than its
     # row of weights spares a pass over the weights.
     out_BSHD = out_BSHD * (np.arange(n) > 0)[:, None, None]
-    return out_BSHD[:, flat].reshape(batch, height, width, -1)
+    out_BNHD = out_BSHD[:, flat] if permute else out_BSHD
+    return out_BNHD.reshape(batch, height, width, -1)
 
 
 class PixelSNAIL(base.Model):
