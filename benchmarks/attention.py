@@ -8,12 +8,13 @@
 in generation order, only the logits of the keys generated before the block.
 `masked_attention` below is the attention it replaced: all `[N, N]` logits, masked. The
 trainer's own jitted step (`jaxar.training.train.Trainer.train_step`: dropout, Adam,
-EMA) is compiled for the full attention and for each `--blocks` size, two steps of each,
-built in the order a, b, ..., b, a (a step built first ran slower in some runs on
-these shared cores), then all run in turn for `--rounds` rounds from the same state
-and batch; the medians and the ratios to the full attention are printed, with each
-step's loss after the last round (equal up to float rounding: the attention weights
-are the same).
+EMA; built, compiled and timed by benchmarks/torch_reference.py's `pp_jax_step` and
+`time_interleaved`) is compiled for the full attention and for each `--blocks` size,
+two steps of each, built in the order a, b, ..., b, a (a step built first ran slower in
+some runs on these shared cores), then all run in turn for `--rounds` rounds from the
+same state and batch; each step's median and losses are printed, and per block size
+the ratio of the full attention's median (both its steps) to the blocks' (the losses
+agree up to float rounding: the attention weights are the same).
 """
 
 from __future__ import annotations
@@ -22,18 +23,16 @@ import argparse
 import pathlib
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(ROOT))
 
-import jaxar  # noqa: E402
 from benchmarks import accelerator  # noqa: E402
-from benchmarks.train_throughput import random_batch  # noqa: E402
+from benchmarks import torch_reference as tr  # noqa: E402 (its jaxar steps need no torch)
 from jaxar.models import common, pixelsnail  # noqa: E402
 
 BLOCKED = pixelsnail.causal_attention
@@ -53,21 +52,18 @@ def masked_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW, num_heads):
     return out.reshape(batch, height, width, -1)
 
 
-def compiled_step(cfg, host_batch, variant: str):
-    """(compiled trainer step, its initial state, its device batch) with `variant`'s
-    attention ("full" or a query block size) in place while it is traced."""
+def jax_step(cfg, host_batch, variant: str):
+    """`tr.pp_jax_step` (step, compile seconds, parameters) with `variant`'s attention
+    ("full" or a query block size) in place while the step is traced."""
     saved = pixelsnail.causal_attention, pixelsnail.QUERY_BLOCK
     try:
         if variant == "full":
             pixelsnail.causal_attention = masked_attention
         else:
             pixelsnail.causal_attention, pixelsnail.QUERY_BLOCK = BLOCKED, int(variant)
-        _, trainer = accelerator.build(cfg)
-        row = accelerator.compile_step(trainer, host_batch)
+        return tr.pp_jax_step(cfg, host_batch)
     finally:
         pixelsnail.causal_attention, pixelsnail.QUERY_BLOCK = saved
-    state = trainer.init_state(jax.random.PRNGKey(cfg.seed), host_batch)
-    return row, state
 
 
 def main(argv=None) -> None:
@@ -80,34 +76,25 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.batch < 1:
         raise ValueError("--rounds and --batch must be >= 1")
-    cfg = jaxar.load_config(str(ROOT / args.config))
+    cfg, host_batch = tr.pp_batch_and_config(args.config, args.batch)
     if cfg.model.name != "pixelsnail":
         raise ValueError(f"--config must be a PixelSNAIL config, got model {cfg.model.name!r}")
-    cfg.train.batch_size = args.batch
-    cfg.train.init_batch_size = min(cfg.train.init_batch_size, args.batch)
-    batch = random_batch(jaxar.build_model(cfg), args.batch)
-    host_batch = {k: np.asarray(v) for k, v in batch.items() if v is not None}
-    variants = ["full", *args.blocks.split(",")]
-    order = variants + variants[::-1]
-    print(f"{accelerator.cpu_model()}, jax {jax.__version__}; {args.config}, batch {args.batch}")
-    steps = []
+    blocks = args.blocks.split(",")
+    if not all(b.isdigit() and int(b) >= 1 for b in blocks):
+        raise ValueError(f"--blocks must be comma-separated ints >= 1, got {args.blocks!r}")
+    variants = ["full", *blocks]
+    steps = {}
     with common.rng_context():
-        for variant in order:
-            row, state = compiled_step(cfg, host_batch, variant)
-            steps.append({"variant": variant, "row": row, "state": state, "seconds": []})
-            print(f"  compiled {variant:>4}: {row['compile_s']:.1f} s", flush=True)
-        for _ in range(args.rounds):
-            for step in steps:
-                start = time.perf_counter()
-                step["state"], metrics = jax.block_until_ready(
-                    step["row"]["_compiled"](step["state"], step["row"]["_batch"]))
-                step["seconds"].append(time.perf_counter() - start)
-                step["loss"] = float(metrics["train/bpd"])
-    median = {v: statistics.median([s for step in steps if step["variant"] == v
-                                    for s in step["seconds"]]) for v in variants}
-    for step in steps:
-        print(f"  {step['variant']:>4}: {statistics.median(step['seconds']):.3f} s/step, "
-              f"loss after {args.rounds + 1} steps {step['loss']:.6f}")
+        for n, variant in enumerate(variants + variants[::-1]):
+            steps[f"{variant} #{n}"], compile_s, _ = jax_step(cfg, host_batch, variant)
+            print(f"  compiled {variant} #{n}: {compile_s:.1f} s", flush=True)
+        timed = tr.time_interleaved(steps, args.rounds)
+    tr.report(f"{accelerator.cpu_model()}, jax {jax.__version__}; {args.config}, batch "
+              f"{args.batch}", args.batch, timed,
+              [(f"{v} #{n}", "full #0") for n, v in enumerate(variants) if n])
+    median = {v: statistics.median([s for name, r in timed.items()
+                                    if name.split(" #")[0] == v for s in r["seconds"]])
+              for v in variants}
     print("  " + " | ".join(f"blocks of {v}: {median['full'] / median[v]:.2f}x full"
                             for v in variants[1:]), flush=True)
 
