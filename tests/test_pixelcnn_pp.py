@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -111,6 +112,19 @@ def test_data_dependent_init_normalizes_every_layer_and_dropout_is_off_in_eval()
     np.testing.assert_array_equal(eval0, eval1)
     assert not np.allclose(train0, train1)
     assert not np.allclose(train0, eval0)
+
+
+def test_apply_checks_stored_weight_shapes_without_tracing_their_initializer(monkeypatch):
+    calls, draw = [], sl.direction_init
+    counted = lambda *args: calls.append(args[1]) or draw(*args)
+    monkeypatch.setattr(sl, "direction_init", counted)
+    layer, x = sl.down_right_shifted_conv(3), jnp.ones((1, 4, 4, 2))
+    variables = layer.init(jax.random.key(0), x)
+    assert calls == [(2, 2, 2, 3)]
+    layer.apply(variables, x)
+    assert len(calls) == 1  # the stored v is used; only its shape is checked
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=r"\(2, 2, 5, 3\)"):
+        layer.apply(variables, jnp.ones((1, 4, 4, 5)))
 
 
 def test_concat_elu_is_elu_of_x_and_minus_x_bit_for_bit_with_its_gradient():

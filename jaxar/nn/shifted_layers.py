@@ -80,6 +80,16 @@ def dropout(key, x: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def shape_only(module: nn.Module, init):
+    """`init`, while `module` initializes; else zeros of the same shape.
+
+    Flax traces a parameter's initializer on every apply to check the stored shape
+    (`jax.eval_shape`); a direction's hash and Box-Muller cost a few ms of tracing per
+    layer, seconds for a paper-sized model, for values nobody uses.
+    """
+    return init if module.is_initializing() else nn.initializers.zeros
+
+
 def _label_init(key, shape, dtype=jnp.float32) -> jax.Array:
     """N(0, 0.05^2) per-class gate biases, as in the released code."""
     return 0.05 * direction_init(key, shape, dtype)
@@ -229,7 +239,8 @@ class WNConv(nn.Module):
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
         geom = self.geometry
-        v = self.param("v", direction_init, (geom.kh, geom.kw, x_BHWC.shape[-1], self.features))
+        v = self.param("v", shape_only(self, direction_init),
+                       (geom.kh, geom.kw, x_BHWC.shape[-1], self.features))
         kernel = wn_kernel(v)
         if geom.stride == geom.dilation == 1:
             impl = fast_conv.resolve_impl(self.conv_impl, shifted=True)
@@ -257,7 +268,7 @@ class WNDense(nn.Module):
 
     @nn.compact
     def __call__(self, x_NC: jax.Array) -> jax.Array:
-        v = self.param("v", direction_init, (x_NC.shape[-1], self.features))
+        v = self.param("v", shape_only(self, direction_init), (x_NC.shape[-1], self.features))
         return _data_dependent_affine(self, x_NC @ wn_kernel(v), self.init_scale)
 
 
