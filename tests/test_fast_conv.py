@@ -193,6 +193,12 @@ def test_auto_picks_im2col_on_cpu_and_bad_impl_raises():
     assert fast_conv.resolve_impl("split", masked=True) == "split"
     assert fast_conv.resolve_impl("split") == "im2col"  # unmasked: the auto rule
     assert fast_conv.resolve_impl("plain") == "plain"
+    for avx512, shifted_auto in [(True, "plain"), (False, "im2col")]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fast_conv, "cpu_has_avx512", lambda: avx512)
+            assert fast_conv.resolve_impl("auto", shifted=True) == shifted_auto
+            assert fast_conv.resolve_impl("auto") == "im2col"
+            assert fast_conv.resolve_impl("im2col", shifted=True) == "im2col"
     for name, shape in [("pixelcnn", (4, 4, 1)), ("gated_pixelcnn", (4, 4, 1)),
                         ("pixelcnn_pp", (4, 4, 3)), ("pixelsnail", (4, 4, 3))]:
         cfg = tiny_config(name, shape, 2, conv_impl="fast")

@@ -33,13 +33,14 @@ the layers in `jaxar.nn.layers` and the stride-1 convolutions of `jaxar.nn.shift
 convolutions only; other layers given it follow "auto") runs XLA's convolution on the
 two dense parts of the mask, forward and gradients. "auto" is "im2col" on CPU and
 "plain" on GPU and TPU (not measured there: no accelerator was available), except for
-the shifted convolutions, which have no masked taps to skip: "plain" everywhere
-(`resolve_impl`). Measured on 2-core CPUs (`benchmarks/train_throughput.py --rounds 5`,
+the shifted convolutions, which have no masked taps to skip: "plain" on CPUs with
+AVX-512 too (`resolve_impl`). Measured on 2-core CPUs (`benchmarks/train_throughput.py --rounds 5`,
 train steps of whole models, im2col / plain): seed PixelCNN (7x7, 64 features, batch
 128) 2.6-2.9x, the CPU defaults of PixelCNN 1.25x, Gated PixelCNN 1.7x; the shifted
 convolutions' gain depends on the CPU: PixelCNN++ 1.1x and PixelSNAIL 1.04x at `default`
-size on one AMD EPYC, a tie at paper size; PixelCNN++ 0.88x (`default`, two steps of each
-built in turn) and a tie (paper size), PixelSNAIL within noise, on another (AVX-512),
+size on one AMD EPYC, a tie at paper size; on another (AVX2 only) PixelCNN++ 1.05x at
+`default` size and 1.24x at paper size (steps alternated in one process); PixelCNN++
+0.88x (`default`) and 0.93x (paper size), PixelSNAIL within noise, on a third (AVX-512),
 where XLA's own convolution gradients are as fast as the gathered ones at 4-6 taps.
 """
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -74,16 +76,31 @@ def resolve_impl(impl: str, masked: bool = False, shifted: bool = False) -> str:
     "split" applies to raster-masked convolutions only (`layers.MaskedConv2D`); other
     layers given "split" follow the "auto" rule. "auto" is "im2col" on CPU and "plain"
     elsewhere, except for `shifted` layers (the weight-normalized shifted convolutions of
-    `jaxar.nn.shifted_layers`: 4 or 6 taps, none masked, so there is nothing to skip),
-    which are "plain" everywhere: whole PixelCNN++ train steps measured on a 2-core AMD
-    EPYC (AVX-512), two steps of each built in turn, plain / im2col: 1.13x at `default`
-    size (batch 16), a tie at paper size (batch 4); PixelSNAIL `default` within noise.
+    `jaxar.nn.shifted_layers`: 4 or 6 taps, none masked, so there is nothing to skip) on
+    CPUs with AVX-512 (`cpu_has_avx512`), where XLA's own convolution gradients are as
+    fast as the gathered ones. Whole PixelCNN++ train steps, in one process with steps
+    alternated (`benchmarks/torch_reference.py`), plain / im2col: on a 2-core AMD EPYC
+    with AVX-512 1.13x at `default` size (batch 16) and 1.07x at paper size (batch 4); on
+    one with AVX2 only 0.96x and 0.81x.
     """
     if check_impl(impl) == "split" and not masked:
         impl = "auto"
     if impl != "auto":
         return impl
-    return "im2col" if jax.default_backend() == "cpu" and not shifted else "plain"
+    if jax.default_backend() != "cpu":
+        return "plain"
+    return "plain" if shifted and cpu_has_avx512() else "im2col"
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether this host's CPU has AVX-512 (its `avx512f` flag in Linux's /proc/cpuinfo;
+    False where that cannot be read)."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "avx512f" in line.split() for line in lines)
 
 
 def pad_to_cover(x_BHWI, offsets, out_hw):
