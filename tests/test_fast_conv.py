@@ -195,7 +195,7 @@ def test_auto_picks_im2col_on_cpu_and_bad_impl_raises():
     assert fast_conv.resolve_impl("plain") == "plain"
     for avx512, shifted_auto in [(True, "plain"), (False, "im2col")]:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(fast_conv, "cpu_has_avx512", lambda: avx512)
+            patch.setattr(fast_conv, "cpu_has_avx512", lambda has=avx512: has)
             assert fast_conv.resolve_impl("auto", shifted=True) == shifted_auto
             assert fast_conv.resolve_impl("auto") == "im2col"
             assert fast_conv.resolve_impl("im2col", shifted=True) == "im2col"
