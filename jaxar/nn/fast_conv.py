@@ -39,7 +39,8 @@ train steps of whole models, im2col / plain): seed PixelCNN (7x7, 64 features, b
 128) 2.6-2.9x, the CPU defaults of PixelCNN 1.25x, Gated PixelCNN 1.7x; the shifted
 convolutions' gain depends on the CPU: PixelCNN++ 1.1x and PixelSNAIL 1.04x at `default`
 size on one AMD EPYC, a tie at paper size; on another (AVX2 only) PixelCNN++ 1.05x at
-`default` size and 1.24x at paper size (steps alternated in one process); PixelCNN++
+`default` size and 1.24x at paper size (steps alternated in one process), PixelSNAIL
+1.15x at `default` size; PixelCNN++
 0.88x (`default`) and 0.93x (paper size), PixelSNAIL within noise, on a third (AVX-512),
 where XLA's own convolution gradients are as fast as the gathered ones at 4-6 taps.
 """
