@@ -54,7 +54,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def check_output(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...] = ()) -> pathlib.Path:
+def check_output(
+    path: str | os.PathLike, flag: str, suffixes: tuple[str, ...] = ()
+) -> pathlib.Path:
     """The destination of an output, refused before any work with a ValueError naming
     `flag` when it is a directory, its folder does not exist or is not writable, or its
     suffix is not one of `suffixes` (when given)."""
