@@ -3,7 +3,10 @@ settings that compile faster, and an xdist schedule that keeps the tests sharing
 module-scoped fixture on one worker."""
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # XLA compiles the same programs many times in this suite: each training test builds a
@@ -25,10 +28,39 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # exact comparison hold unchanged; the per-layer float-tolerance comparisons of the fast
 # convolutions compile at the default level (test_fast_conv.py). Inherited by the workers
 # and by every subprocess, so compared runs share the settings; a flag the caller sets is
-# left as it is.
+# left as it is. XLA flags come and go between jaxlib releases and jaxlib aborts on one it
+# does not know, so only the flags the installed jaxlib accepts are set: a flag that is
+# gone changes the suite's speed, nothing else.
 _SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
-for _flag, _value in _SUITE_XLA_FLAGS.items():
-    if _flag not in os.environ.get("XLA_FLAGS", ""):
+_DECIDED = "JAXAR_SUITE_XLA_FLAGS"  # set by the first process; the workers inherit it
+
+
+def known_xla_flags(flags: dict[str, str]) -> dict[str, str]:
+    """The subset of `flags` that the installed jaxlib accepts (one probe process)."""
+    if not flags:
+        return {}
+    env = {**os.environ, "XLA_FLAGS": " ".join(f"--{k}={v}" for k, v in flags.items())}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    if probe.returncode == 0:
+        return dict(flags)
+    unknown = set()
+    for line in probe.stderr.splitlines():
+        if "Unknown flag" in line:
+            unknown.update(re.findall(r"--(\w+)", line.partition("XLA_FLAGS:")[2]))
+    if not unknown:  # failed for another reason: set nothing rather than guess
+        return {}
+    return known_xla_flags({k: v for k, v in flags.items() if k not in unknown})
+
+
+if _DECIDED not in os.environ:
+    _caller = os.environ.get("XLA_FLAGS", "")
+    _wanted = {k: v for k, v in _SUITE_XLA_FLAGS.items() if k not in _caller}
+    _known = known_xla_flags(_wanted)
+    os.environ[_DECIDED] = " ".join(sorted(_known)) or "none"
+    for _flag, _value in _known.items():
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_flag}={_value}".strip()
 
 # Modules whose tests share one expensive module-scoped fixture: all on one worker.

@@ -135,7 +135,11 @@ def test_concat_elu_is_elu_of_x_and_minus_x_bit_for_bit_with_its_gradient():
     x = jnp.asarray(x)
     reference = lambda v: jax.nn.elu(jnp.concatenate([v, -v], axis=-1))
     got, want = jax.jit(sl.concat_elu)(x), jax.jit(reference)(x)
-    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))  # zeros keep their sign
+    # Zeros keep their sign. A NaN's sign bit is not specified by IEEE 754 for arithmetic
+    # results, and XLA versions differ in it (jaxlib 0.12 at backend optimization level 0
+    # gives elu(-NaN) the other sign), so NaNs are compared as NaNs only.
+    both_nan = np.isnan(got) & np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got)[~both_nan], np.signbit(want)[~both_nan])
     np.testing.assert_array_equal(got, want)
     cotangent = jnp.asarray(rng.standard_normal(got.shape).astype(np.float32))
     grad = lambda f: jax.jit(jax.vjp(f, x)[1])(cotangent)[0]
