@@ -26,9 +26,10 @@ Unreadable files are skipped with one warning that counts them. A file that
 passes the check but fails to decode when read (`verify` does not decompress)
 raises a ValueError naming it. An empty folder, a missing one, or a
 `data.shape` that is not an image shape `(H, W, 1 or 3)` raise a ValueError.
-Values are 8-bit (256 levels) and go through the pipeline's reduction to
-`data.num_levels` like every source; 16-bit images are scaled to 8 bits
-(v * 255 / 65535, rounded).
+Files are decoded by `jaxar.data.images.read_image`, the decoding every image
+reader shares (bit depth, palette and alpha, the crop): values are 8-bit (256
+levels) and go through the pipeline's reduction to `data.num_levels` like every
+source; 16-bit images are scaled to 8 bits (v * 255 / 65535, rounded).
 """
 
 from __future__ import annotations
@@ -43,15 +44,15 @@ import stat
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from jaxar import files as output_files
+from jaxar.data import images
 from jaxar.data.sources import RandomAccess
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_TEST_FRACTION = 0.1
 INDEX_FILE = "folder_index.json"
-# What PIL raises for a corrupt or foreign file, depending on where it notices.
-_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError)
 # The index of each folder indexed without a workdir: {root: {relative path: entry}}.
 _MEMORY_INDEX: dict[str, dict[str, list]] = {}
 
@@ -77,11 +78,12 @@ class FolderSource(RandomAccess):
         image_N = np.empty((len(indices), *self.shape), np.uint8)
         for row, index in enumerate(indices.tolist()):
             try:
-                image_N[row] = _decode(pathlib.Path(self.root) / self.files[index], self.shape)
-            except _UNREADABLE as err:
+                image_N[row] = images.read_image(pathlib.Path(self.root) / self.files[index],
+                                                 self.shape)
+            except images.UnreadableImage as err:
                 raise ValueError(
                     f"data.path={self.root!r}: {self.files[index]!r} passed the index's check "
-                    f"but cannot be decoded ({err}); remove or replace it") from err
+                    f"but cannot be decoded ({err.detail}); remove or replace it") from err
         return {"image": image_N, "label": self.labels[indices]}
 
 
@@ -216,9 +218,7 @@ def _write_index(root: str, index_file: str | None, entries: dict[str, list]) ->
     if index_file is None:
         _MEMORY_INDEX[root] = entries
         return
-    partial = pathlib.Path(f"{index_file}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"root": root, "files": entries}))
-    os.replace(partial, index_file)
+    output_files.write_text(index_file, json.dumps({"root": root, "files": entries}))
 
 
 def _readable(file: pathlib.Path) -> bool:
@@ -226,32 +226,9 @@ def _readable(file: pathlib.Path) -> bool:
     try:
         with Image.open(file) as image:
             image.verify()
-    except _UNREADABLE:
+    except images.UNREADABLE:
         return False
     return True
-
-
-def _decode(file: pathlib.Path, shape) -> np.ndarray:
-    """uint8 [H, W, C]: the largest centred crop with the target aspect ratio, resized."""
-    height, width, channels = shape
-    with Image.open(file) as image:
-        if image.mode == "I" or image.mode.startswith("I;16"):
-            image = _grey_to_8_bits(image)
-        image = image.convert("RGB" if channels == 3 else "L")
-        w, h = image.size
-        crop_w, crop_h = min(w, h * width // height), min(h, w * height // width)
-        left, top = (w - crop_w) // 2, (h - crop_h) // 2
-        image = image.crop((left, top, left + max(crop_w, 1), top + max(crop_h, 1)))
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-        return np.asarray(image, np.uint8).reshape(height, width, channels)
-
-
-def _grey_to_8_bits(image: Image.Image) -> Image.Image:
-    """A 16-bit grey image (PIL mode "I;16*", or "I" as PIL opens some 16-bit files) as
-    8-bit "L", scaled: v * 255 / 65535 rounded (PIL's own conversion clips at 255, so
-    nearly every pixel would come out white)."""
-    values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 def _path_hashes(files: list[str]) -> np.ndarray:

@@ -79,9 +79,11 @@ def _init(model, key, x, labels, cond):
 def log_prob(model, variables, x, labels=None, cond=None):
     """Per-dimension conditional log-probs in nats, float32 of x's shape.
 
-    `lp[i] = log p(x_i | x_<i, labels)` where `<` follows `ordering(model)`.
+    `lp[i] = log p(x_i | x_<i, labels)` where `<` follows `ordering(model)`. `variables`
+    must be this model's (`common.check_variables`: same collections, names and shapes).
     """
     common.check_inputs(model, x, labels, cond)
+    common.check_variables(model, variables)
     return _log_prob(model, variables, x, labels, cond)
 
 

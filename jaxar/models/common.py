@@ -6,7 +6,10 @@ The model protocol these checks rely on is `jaxar.models.base`.
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Mapping
 
+import flax
 import jax
 import numpy as np
 
@@ -169,3 +172,76 @@ def check_event_shape(name: str, event_shape, ndim: int | tuple[int, ...]) -> tu
             f"positive axes, got {shape}"
         )
     return shape
+
+
+def check_variables(model, variables) -> None:
+    """Raises a one-line ValueError naming `variables` and the first differing path unless
+    `variables` holds exactly the collections, names and shapes of `model.init`'s output.
+
+    Another model's (or another config's) variables are refused rather than partly used:
+    a 3-class model's label weights given to the unconditional model, a missing
+    collection, a kernel of another shape. Dtypes are not compared (parameters may be
+    cast). The model's own tree is computed once per model, with `jax.eval_shape`
+    (nothing runs); a later call compares treedefs and leaf shapes.
+    """
+    if not isinstance(variables, Mapping):
+        raise ValueError(f"variables must be a dict of collections like {{'params': ...}} "
+                         f"(what model.init returns), got {type(variables).__name__}")
+    expected, treedef, leaf_shapes = _variable_shapes(model)
+    leaves, given_treedef = jax.tree_util.tree_flatten(variables)
+    if given_treedef == treedef and all(
+            getattr(leaf, "shape", None) == shape
+            for leaf, shape in zip(leaves, leaf_shapes, strict=True)):
+        return  # the common case, in C++: plain dicts of arrays of the right shapes
+    given = _flatten("variables", variables)
+    if given.keys() == expected.keys() and all(
+            given[path] == shape for path, shape in expected.items()):
+        return  # e.g. FrozenDicts, or arrays whose shape is not a tuple of ints
+    name = type(model).__name__
+    for path in sorted(given.keys() | expected.keys(), key=lambda path: tuple(map(str, path))):
+        where = "variables" + "".join(f"[{part!r}]" for part in path)
+        if path not in expected:
+            raise ValueError(f"{where} is not a variable of this {name} (variables of "
+                             f"another model or config?)")
+        if path not in given:
+            raise ValueError(f"{where} is missing: this {name} has a variable of shape "
+                             f"{expected[path]} there")
+        if given[path] != expected[path]:
+            raise ValueError(f"{where} has shape {given[path]}, this {name}'s has shape "
+                             f"{expected[path]}")
+
+
+def _flatten(where: str, tree, prefix: tuple[str, ...] = ()) -> dict[tuple, tuple]:
+    """{path: shape} of a nested mapping's leaves; a leaf that is not an array is refused."""
+    flat = {}
+    for key, value in tree.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(where, value, path))
+        elif hasattr(value, "shape") and hasattr(value, "dtype"):
+            flat[path] = tuple(int(d) for d in value.shape)
+        else:
+            shown = where + "".join(f"[{part!r}]" for part in path)
+            raise ValueError(f"{shown} must be an array, got {type(value).__name__}")
+    return flat
+
+
+@functools.lru_cache(maxsize=64)
+def _variable_shapes(model) -> tuple[dict, jax.tree_util.PyTreeDef, list[tuple]]:
+    """{path: shape} of `model.init`'s variables, traced abstractly on one example; the
+    treedef of those variables as plain nested dicts, and the shapes of its leaves."""
+    x = jax.ShapeDtypeStruct((1, *model.event_shape), np.int32)
+    labels = jax.ShapeDtypeStruct((1,), np.int32) if model.num_classes else None
+    cond = None
+    if model.cond_shape:
+        dtype = np.int32 if model.cond_levels else np.float32
+        cond = jax.ShapeDtypeStruct((1, *model.cond_shape), dtype)
+    key = jax.random.key(0)
+    with rng_context():
+        shapes = jax.eval_shape(
+            lambda x, labels, cond: model.init({"params": key, "dropout": key}, x, labels, cond),
+            x, labels, cond)
+    shapes = flax.core.unfreeze(shapes)
+    flat = _flatten("model.init", shapes)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    return flat, treedef, [tuple(leaf.shape) for leaf in leaves]

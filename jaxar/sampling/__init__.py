@@ -44,6 +44,7 @@ def sample(
       the value of `known` and the rest are sampled given them (only what comes
       earlier in the ordering is seen by each conditional).
     cond: `[num_samples, *model.cond_shape]` spatial conditioning map, if any.
+    variables: this model's (`common.check_variables`), else a ValueError naming them.
     method: "naive" reruns the whole network at every step; "cached" runs
       only what each new dimension needs (the model's decoder); "fixed_point"
       redraws every dimension in parallel passes until nothing changes (the
@@ -53,6 +54,7 @@ def sample(
     if not model.autoregressive:
         raise ValueError(f"model: {type(model).__name__} is not an autoregressive model and "
                          "has no sampler (sample a prior over its codes instead)")
+    common.check_variables(model, variables)
     num_samples = common.check_count("num_samples", num_samples)
     common.check_temperature(temperature)
     for name, value in (("known", known), ("known_mask", known_mask)):
