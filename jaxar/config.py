@@ -27,19 +27,50 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Imports `path` and returns `get_config(variant)` (`get_config()` when no variant)."""
+    """Imports `path` and returns `get_config(variant)` (`get_config()` when no variant).
+
+    Every way a config file can fail is a one-line ValueError naming the file and what is
+    wrong: missing, not a file, a syntax error or an exception while importing it, no
+    `get_config`, a `get_config` that raises (its message, e.g. an unknown variant) or
+    returns anything but a ConfigDict. The original exception is chained (`__cause__`).
+    """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"config must be 'path/to/file.py[:variant]', got {spec!r}")
     path, _, variant = spec.partition(":")
     file = pathlib.Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise ValueError(f"config file {path!r} does not exist")
+    if not file.is_file():
+        raise ValueError(f"config file {path!r} is not a file")
     module_spec = importlib.util.spec_from_file_location(f"jaxar_config_{file.stem}", file)
+    if module_spec is None:  # a suffix Python cannot import
+        raise ValueError(f"config file {path!r} is not a Python file (.py)")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} defines no get_config(arg)")
-    return module.get_config(variant) if variant else module.get_config()
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # anything the file's code raises, in one line
+        raise ValueError(f"config file {path!r} cannot be loaded: {_one_line(err)}") from err
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(f"config file {path!r} defines no get_config(arg) function")
+    call = f"get_config({variant!r})" if variant else "get_config()"
+    try:
+        cfg = get_config(variant) if variant else get_config()
+    except Exception as err:
+        raise ValueError(f"config file {path!r}: {call} failed: {_one_line(err)}") from err
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path!r}: {call} must return an "
+                         f"ml_collections.ConfigDict, got {type(cfg).__name__}")
+    return cfg
+
+
+def _one_line(err: BaseException) -> str:
+    """`err` as one line: its type (unless a ValueError) and its message, whitespace
+    collapsed (a SyntaxError's message names the file and the line)."""
+    message = " ".join(str(err).split())
+    if type(err) is ValueError and message:
+        return message
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 # data keys read by one data.source only: any other value than the base config's is

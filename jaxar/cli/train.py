@@ -19,6 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxar.config import load_config
 from jaxar.training import checkpoint, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -65,8 +66,25 @@ def _fail(message) -> None:
     sys.exit(2)
 
 
+def _check_config_file(argv) -> None:
+    """Loads the `--config` file once with `jaxar.load_config` before absl does: what is
+    wrong with the file (a syntax error, no get_config, a get_config that raises or
+    returns no ConfigDict) is then one line naming it, where absl would show a traceback."""
+    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    for k, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            spec = value if equals else (args[k + 1] if k + 1 < len(args) else None)
+            if spec:
+                try:
+                    load_config(spec)
+                except ValueError as err:
+                    _fail(f"--config: {err}")
+
+
 def _parse_flags(argv):
     """absl flag parsing, which also loads the config file and applies its overrides."""
+    _check_config_file(argv)
     try:
         argv = flags.FLAGS(argv)
     except flags.Error as err:  # its message may embed the config file's traceback
