@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
 import pathlib
+import shutil
+import signal
 import time
 from typing import Any
 
@@ -37,12 +40,14 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar import config, data, sampling
+from jaxar import config, data, files, sampling
 from jaxar import models as models_lib
+from jaxar.data import image_folder
 from jaxar.models import base
 from jaxar.models.common import rng_context
-from jaxar.training import checkpoint, codes, precision, reporting, sharding
+from jaxar.training import checkpoint, codes, precision, preemption, reporting, sharding
 from jaxar.training import lock as workdir_lock
+from jaxar.training.preemption import Preempted  # noqa: F401 (raised by train_and_evaluate)
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +187,11 @@ def train_step(state: TrainState, batch, *, model, optimizer, ema_decay: float,
     return new_state, metrics
 
 
-def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
+def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1,
+              per_example: bool = False):
     """Sums over one padded eval batch of every per-example metric times the mask, and
-    of the mask ("count"), in float32.
+    of the mask ("count"), in float32; with `per_example`, also "rows": every row's
+    metrics, label and mask.
 
     `ensemble_masks > 1` scores the model's test-time ensemble (`Model.ensemble_log_prob`).
     """
@@ -196,7 +203,64 @@ def eval_step(params, batch_stats, batch, *, model, ensemble_masks: int = 1):
         metrics, _ = model_loss(model, params, batch_stats, batch)
     mask = batch["mask"]
     sums = {k: jnp.tensordot(mask, v, axes=1) for k, v in metrics.items()}
-    return {**sums, "count": mask.sum()}
+    out = {**sums, "count": mask.sum()}
+    if per_example:
+        out["rows"] = {**metrics, "labels": batch["labels"], "mask": mask}
+    return out
+
+
+def jit_eval_step(model, cfg, mesh, params_sharding, batch_stats_sharding,
+                  per_example: bool = False):
+    """`eval_step(params, batch_stats, batch)` jitted over `mesh`: the batch split over
+    every device, the outputs replicated on every device of every process."""
+    step = functools.partial(eval_step, model=model, per_example=per_example,
+                             ensemble_masks=cfg.eval.get("ensemble_masks", 1))
+    return jax.jit(
+        step, in_shardings=(params_sharding, batch_stats_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=NamedSharding(mesh, P()),
+    )
+
+
+def padded_eval_batch_size(cfg, mesh) -> int:
+    """The global eval batch: `data.eval_batch_size(cfg)` rounded up to fill every device
+    (the padding rows are masked out)."""
+    return -(-data.eval_batch_size(cfg) // mesh.size) * mesh.size
+
+
+def put_batch(batch: dict, batch_sharding) -> dict:
+    """This process's block of a global batch (numpy) -> global arrays split over the mesh."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def evaluate_split(step, split, batch_size: int, put, data_shard=(0, 1), on_rows=None):
+    """`(means, count)`: the means of every metric `step` sums (float64) over each example
+    of `split` exactly once, and the number of examples.
+
+    `step(global_batch)` is a jitted `eval_step`; the batches are `data.eval_batches`
+    (this process's `data_shard`, the last one padded and masked) put on the devices by
+    `put`. `on_rows(rows)` receives each batch's "rows" (numpy, global batch order) when
+    `step` returns them. The host reads the next batch while the devices compute.
+    """
+    sums, pending = None, None
+
+    def collect(out):
+        nonlocal sums
+        out = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(out))
+        rows = out.pop("rows", None)
+        if rows is not None and on_rows is not None:
+            on_rows(rows)
+        sums = out if sums is None else jax.tree.map(np.add, sums, out)
+
+    for batch in data.eval_batches(split, batch_size, *data_shard):
+        out = step(put(batch))
+        if pending is not None:
+            collect(pending)
+        pending = out
+    if pending is not None:
+        collect(pending)
+    count = float(sums.pop("count"))
+    return {k: v / max(count, 1.0) for k, v in sums.items()}, count
 
 
 class Trainer:
@@ -215,8 +279,7 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.data_shard = sharding.data_shard(self.batch_sharding)
-        # Evaluation fills every device; the padding rows are masked out.
-        self.eval_batch_size = -(-data.eval_batch_size(cfg) // self.mesh.size) * self.mesh.size
+        self.eval_batch_size = padded_eval_batch_size(cfg, self.mesh)
         self.optimizer = make_optimizer(cfg)
         self.abstract_state = self._abstract_state(
             mesh_cfg.get("fsdp_min_size", DEFAULT_FSDP_MIN_SIZE))
@@ -235,15 +298,8 @@ class Trainer:
             out_shardings=(state_sharding, self.replicated),
             donate_argnums=0,
         )
-        self.eval_step = jax.jit(
-            functools.partial(
-                eval_step, model=model, ensemble_masks=cfg.eval.get("ensemble_masks", 1)
-            ),
-            in_shardings=(
-                state_sharding.ema_params, state_sharding.batch_stats, self.batch_sharding
-            ),
-            out_shardings=self.replicated,
-        )
+        self.eval_step = jit_eval_step(model, cfg, self.mesh, state_sharding.ema_params,
+                                       state_sharding.batch_stats)
         self._all_finite = jax.jit(
             _all_finite, in_shardings=(state_sharding,), out_shardings=self.replicated
         )
@@ -272,10 +328,7 @@ class Trainer:
 
     def device_batch(self, batch: dict) -> dict:
         """This process's block of a global batch (numpy) -> global arrays split over the mesh."""
-        return {
-            k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
-            for k, v in batch.items()
-        }
+        return put_batch(batch, self.batch_sharding)
 
     def init_state(self, key, batch) -> TrainState:
         """A new state, created already sharded, initialized on the first
@@ -301,13 +354,9 @@ class Trainer:
     def evaluate(self, state: TrainState, test_split) -> dict[str, float]:
         """The model's metrics (`Model.summarize`; bits/dim and nats per example for
         likelihood models) of the EMA params, exact over the test split."""
-        sums = None
-        for batch in data.eval_batches(test_split, self.eval_batch_size, *self.data_shard):
-            out = self.eval_step(state.ema_params, state.batch_stats, self.device_batch(batch))
-            out = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(out))
-            sums = out if sums is None else jax.tree.map(np.add, sums, out)
-        count = max(float(sums.pop("count")), 1.0)
-        means = {k: v / count for k, v in sums.items()}
+        step = functools.partial(self.eval_step, state.ema_params, state.batch_stats)
+        means, _ = evaluate_split(step, test_split, self.eval_batch_size, self.device_batch,
+                                  self.data_shard)
         summary = jax.device_get(self.model.summarize(means))
         return {f"eval/{k}": float(v) for k, v in summary.items()}
 
@@ -406,6 +455,8 @@ def _all_finite(tree) -> jax.Array:
 def _usable_workdir(workdir) -> pathlib.Path:
     """`workdir` as a path, created if missing; ValueError if it cannot be written."""
     workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {str(workdir)!r} is a file, not a directory")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -415,22 +466,36 @@ def _usable_workdir(workdir) -> pathlib.Path:
     return workdir
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
+                       start_over: bool = False) -> TrainState:
     """Trains `cfg` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+    `start_over` trains from step 0 even where the workdir holds a run (of this or of
+    another config or data): its checkpoints are moved aside to
+    `checkpoints/previous-<step>` first. Without it, a run whose saved data section
+    or batch size differs from `cfg`'s is refused (BadInput).
+
+    SIGTERM or SIGINT (`jaxar.training.preemption`) ends the run after the step in
+    flight with a checkpoint of that step, then raises Preempted.
 
     With several processes, every process runs this with the same arguments and
     `workdir` must be one shared directory; process 0 writes metrics and samples and
     holds the workdir's lock (`jaxar.training.lock`) while training.
 
-    Raises BadInput for input that cannot be trained (before anything is written) and
-    RunFailed (Diverged for a diverged loss) for a run that had to stop; either way
-    every file, thread and the lock are released first.
+    Raises BadInput for input that cannot be trained (before anything is written: a
+    refused run leaves no new workdir, lock or folder index behind) and RunFailed
+    (Diverged for a diverged loss) for a run that had to stop; either way every file,
+    thread and the lock are released first.
     """
     is_main = jax.process_index() == 0
     lock = ckpt = writer = train_iter = None
+    new_files = []  # made by this run before its input was accepted: removed if refused
+    # From here on a signal stops the run after its next step (with a checkpoint).
+    watcher = preemption.Watcher().__enter__()
     try:
         try:  # everything that checks the user's input, before any training
             config.validate(cfg, workdir)  # every key and value, before anything is written
+            new_files = _new_run_files(workdir)
             workdir = _usable_workdir(workdir)
             lock = workdir_lock.WorkdirLock(workdir).acquire()
             model = models_lib.build_model(cfg)
@@ -444,17 +509,22 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
                                                               workdir=workdir)
             _check_served_cond(model, train_iter.split)
             ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
-            restored = ckpt.restore_latest(trainer.abstract_state)
+            restored = None if start_over else ckpt.restore_latest(trainer.abstract_state)
             if restored is not None:
                 _check_resumable(cfg, restored, ckpt.directory)
                 train_iter.set_state(restored.data)
         except ValueError as err:
+            if lock is not None and lock.held:  # never another run's files
+                _remove_quietly(new_files)
             raise BadInput(str(err)) from err
+        if start_over:
+            with _failing(f"moving the previous checkpoints in {ckpt.directory} aside"):
+                ckpt.move_aside_all("previous")
         if restored is not None:
             ckpt.move_aside_unreadable(restored)
         if is_main:  # after the restore: a workdir of another config keeps its config.json
             with _failing(f"writing {workdir / 'config.json'}"):
-                (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+                files.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
             mesh = trainer.mesh.shape
             print(f"{jax.process_count()} process(es), {jax.device_count()} device(s): mesh "
                   f"data={mesh[sharding.DATA]} x fsdp={mesh[sharding.FSDP]}", flush=True)
@@ -473,11 +543,18 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
         with _failing(f"opening the metrics of {workdir}"):
             writer = reporting.MetricsWriter(
                 workdir, enabled=is_main, start_step=0 if restored is None else restored.step)
-        state = _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit)
+        state, stopped = _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir,
+                               limit, watcher.should_stop)
         with _failing(f"saving the last checkpoint in {ckpt.directory}"):
             ckpt.close()
         with _failing(f"closing the metrics of {workdir}"):
             writer.close()
+        if stopped is not None:
+            signum = watcher.received()
+            raise Preempted(
+                f"stopped by {signal_name(signum)} after step {stopped}: saved the checkpoint "
+                f"at step {stopped} in {ckpt.directory}; run the same command to resume",
+                stopped, signum)
         return state
     except RunFailed as err:
         try:
@@ -486,8 +563,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
             note = f"the checkpoints could not be listed ({checkpoint.one_line(note_error)})"
         err.args = (f"{err}; {note}",)
         raise
-    finally:  # after a failure: release orbax's threads, TensorBoard's, grain's workers
-        if ckpt is not None:  # and the lock
+    finally:  # after a failure: release orbax's threads, TensorBoard's, grain's workers,
+        watcher.__exit__()  # the signal handlers and the lock
+        if ckpt is not None:
             _quietly(ckpt.close, prune=False)
         if writer is not None:
             _quietly(writer.close)
@@ -495,6 +573,31 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> TrainSta
             _quietly(train_iter.close)
         if lock is not None:
             lock.release()
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _new_run_files(workdir) -> list[pathlib.Path]:
+    """The paths a refused run must not leave behind that do not exist yet: the workdir
+    itself, else its lock and folder index."""
+    workdir = pathlib.Path(workdir)
+    if not workdir.exists():
+        return [workdir]
+    candidates = (workdir / workdir_lock.LOCK_NAME, workdir / image_folder.INDEX_FILE)
+    return [p for p in candidates if not p.exists()]
+
+
+def _remove_quietly(paths) -> None:
+    for path in paths:
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not remove %s: %s", path, err)
 
 
 def _check_served_cond(model, split) -> None:
@@ -517,21 +620,41 @@ def _check_served_cond(model, split) -> None:
                          f"{split.source.levels} of the code maps {split.name} serves as cond")
 
 
+# data keys that do not choose the training examples or their order: free on resume.
+_DATA_KEYS_FREE_ON_RESUME = ("num_workers", "prefetch", "tfds_dir", "image_shape", "num_test")
+
+
 def _check_resumable(cfg, restored: checkpoint.Restored, directory) -> None:
     """ValueError if the run cannot continue from `restored` with `cfg`.
 
-    A changed train.batch_size is refused: the data position is counted in batches
-    of the saved size, and a resumed run would no longer be the run it continues (nor
-    equal an uninterrupted one). Everything else (learning rate, num_steps, mesh, ...)
-    may change on resume.
+    A changed train.batch_size or data section (another source, dataset, shape,
+    num_train, folder, ...; not the keys of `_DATA_KEYS_FREE_ON_RESUME`) is refused:
+    the saved data position counts batches of the saved size over the saved data, and a
+    resumed run would no longer be the run it continues (nor equal an uninterrupted
+    one). Everything else (learning rate, num_steps, mesh, ...) may change on resume.
     """
-    saved = ((restored.config or {}).get("train") or {}).get("batch_size")
+    saved_cfg = restored.config or {}
+    where = f"the checkpoint at step {restored.step} in {directory}"
+    alternatives = "--start_over (its checkpoints are moved aside), or use a new --workdir"
+    saved = (saved_cfg.get("train") or {}).get("batch_size")
     if saved is not None and saved != cfg.train.batch_size:
         raise ValueError(
             f"train.batch_size={cfg.train.batch_size} differs from the batch size "
-            f"{saved} of the checkpoint at step {restored.step} in {directory}: its data "
-            f"position does not carry over. Resume with --config.train.batch_size={saved}, "
-            f"or use a new --workdir"
+            f"{saved} of {where}: its data position does not carry over. Resume with "
+            f"--config.train.batch_size={saved}, train from scratch with {alternatives}"
+        )
+    saved_data = saved_cfg.get("data") or {}
+    data_now = json.loads(cfg.to_json_best_effort()).get("data", {})
+    changed = [
+        f"data.{key}={data_now.get(key)!r} (saved: {saved_data[key]!r})"
+        for key in sorted(saved_data)
+        if key not in _DATA_KEYS_FREE_ON_RESUME and data_now.get(key) != saved_data[key]
+    ]
+    if changed:
+        raise ValueError(
+            f"the data differs from that of {where}: {', '.join(changed)}; its data "
+            f"position does not carry over to other data. Resume with the saved data "
+            f"settings, train from scratch with {alternatives}"
         )
 
 
@@ -561,13 +684,18 @@ def _quietly(close, **kwargs) -> None:
         log.warning("while stopping: %s", checkpoint.one_line(err))
 
 
-def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=math.inf):
-    """Trains to train.num_steps. Every step's loss is checked (`_check_loss`, against
-    `limit` = train.max_bpd) before a checkpoint of that step is saved, and the state's
-    finiteness before any evaluation, sample or save; failed reads and writes raise
-    RunFailed, a divergence Diverged. The next batch is read and put on the devices while
-    a step runs (`data.ReadAhead`); checkpoints hold the position of the batch after
-    their step, not of the one read ahead."""
+def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=math.inf,
+          should_stop=lambda step: False):
+    """Trains to train.num_steps; returns the state and the step at which `should_stop`
+    stopped it early (with a checkpoint of that step), or None.
+
+    Every step's loss is checked (`_check_loss`, against `limit` = train.max_bpd)
+    before a checkpoint of that step is saved, and the state's finiteness before any
+    evaluation, sample or save; failed reads and writes raise RunFailed, a divergence
+    Diverged. The next batch is read and put on the devices while a step runs
+    (`data.ReadAhead`); checkpoints hold the position of the batch after their step,
+    not of the one read ahead. `should_stop(step)` is asked after every step (a
+    preemption notice, `jaxar.training.preemption`)."""
     cfg = trainer.cfg
     t = cfg.train
     start = int(state.step)
@@ -591,7 +719,8 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
             log_now = step % t.log_every_steps == 0 or last
             eval_now = step % t.eval_every_steps == 0 or last
             sample_now = step % t.sample_every_steps == 0 or last
-            save_now = step % t.checkpoint_every_steps == 0 or last
+            stop_now = not last and should_stop(step)
+            save_now = step % t.checkpoint_every_steps == 0 or last or stop_now
             if log_now or save_now:  # a checkpoint is saved only after its step's loss passed
                 window.append(check(*pending))
                 pending = None
@@ -621,11 +750,13 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
             if save_now:
                 with _failing(f"saving checkpoints in {ckpt.directory} (at step {step})"):
                     ckpt.save(step, state, batches.get_state(), cfg)
+            if stop_now:
+                return state, step
             if step % t.eval_every_steps == 0 or step % t.sample_every_steps == 0:
                 tic = time.perf_counter()  # keep evaluation and sampling out of images/s
     finally:  # the bar ends its line, also before an error's
         progress.close()
-    return state
+    return state, None
 
 
 def _progress(start: int, total: int):
