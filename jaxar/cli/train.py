@@ -3,7 +3,17 @@
   python -m jaxar.cli.train --config experiments/pixelcnn_mnist.py[:variant] --workdir runs/x \
       [--config.train.num_steps=2000 ...]
 
-Re-running the same command resumes from the workdir's latest checkpoint.
+Re-running the same command resumes from the workdir's latest checkpoint (a changed
+batch size or data section is refused; `--start_over` trains from step 0 instead, the
+workdir's checkpoints moved aside to checkpoints/previous-<step>).
+
+SIGTERM or SIGINT (Ctrl-C) stops the run after the step in flight with a checkpoint of
+that step and one line on stderr; exit code 143 (SIGTERM) or 130 (SIGINT). A second
+signal stops at once without saving (the checkpoints on disk stay whole). Exit code 2:
+bad input; 1: a run that failed (a write, a read, a diverged loss).
+
+Compiled programs are cached on disk (`jaxar.compilation_cache`: JAXAR_COMPILATION_CACHE
+moves the cache or switches it off), so a resumed run starts without compiling again.
 
 Several processes (hosts) train together when started with the same command:
 on a Cloud TPU VM and in a multi-task SLURM step this is detected
@@ -12,15 +22,15 @@ on a Cloud TPU VM and in a multi-task SLURM step this is detected
 workdir must then be one directory all processes share.
 """
 
-import logging as pylogging
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxar import compilation_cache
 from jaxar.config import load_config
-from jaxar.training import checkpoint, sharding, train
+from jaxar.training import checkpoint, preemption, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/file.py[:variant].", lock_config=True
@@ -37,27 +47,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (explicit).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit).")
+_START_OVER = flags.DEFINE_bool(
+    "start_over", False,
+    "Train from step 0 even if the workdir holds a run (of this or of another config or "
+    "data): its checkpoints are moved aside to checkpoints/previous-<step> first.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class _OneLineLibraryErrors(pylogging.Filter):
-    """Orbax logs the traceback of a failed background save (which the run then reports
-    itself, in one line): its records keep their message and the error's one line."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        if record.exc_info and "orbax" in record.pathname:
-            error = record.exc_info[1]
-            record.msg = f"{record.getMessage()} ({checkpoint.one_line(error, 200)})"
-            record.args, record.exc_info, record.exc_text = None, None, None
-        return True
-
-
-def _unraisable(info) -> None:
-    """After a failed save, tensorstore's callbacks may reach the event loop orbax already
-    closed: each would print a bare traceback. Only those are dropped."""
-    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
-        return
-    sys.__unraisablehook__(info)
 
 
 def _fail(message) -> None:
@@ -109,8 +104,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
-    pylogging.getLogger("absl").addFilter(_OneLineLibraryErrors())
-    sys.unraisablehook = _unraisable
+    checkpoint.quiet_orbax_errors()
+    compilation_cache.enable()
+    preemption.exit_on_second_signal()
     try:  # first, before anything starts a JAX backend
         sharding.initialize_distributed(
             _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
@@ -118,16 +114,26 @@ def main(argv):
     except ValueError as err:
         _fail(err)
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
     except train.BadInput as err:  # a bad config value, dataset or workdir, named in it
         _fail(err)
     except train.RunFailed as err:  # a failed write or read, or a diverged loss
-        print(f"jaxar.cli.train: error: {err}", file=sys.stderr)
-        # Everything was closed; should a library thread still wait (orbax waits minutes
-        # for signals of a failed save), it must not keep the process alive.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _exit(f"jaxar.cli.train: error: {err}", 1)
+    except train.Preempted as err:  # saved: one line, 128 + the signal's number
+        _exit(f"jaxar.cli.train: {err}", err.exit_code)
+    except KeyboardInterrupt:  # a second signal: nothing saved, nothing damaged
+        _exit("jaxar.cli.train: interrupted: stopped without saving; a re-run resumes "
+              "from the last checkpoint on disk", 130)
+
+
+def _exit(line: str, code: int) -> None:
+    """One line on stderr, then the process ends: everything was closed; should a
+    library thread still wait (orbax waits minutes for signals of a failed save), it
+    must not keep the process alive."""
+    print(line, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run() -> None:

@@ -35,6 +35,7 @@ import logging
 import os
 import pathlib
 import shutil
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -45,6 +46,43 @@ import orbax.checkpoint as ocp
 from jaxar import models
 
 log = logging.getLogger(__name__)
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+    """Orbax logs the traceback of a failed background save or restore (which jaxar then
+    reports itself, in one line): its records keep their message and the error's line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in record.pathname:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({one_line(error, 200)})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _drop_closed_event_loop(info) -> None:
+    """After a failed save or restore, tensorstore's callbacks may reach the event loop
+    orbax already closed: each would print a bare "Event loop is closed" traceback.
+    Only those are dropped; anything else goes to the hook that was installed before."""
+    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+        return
+    _drop_closed_event_loop.previous(info)
+
+
+_ONE_LINE_FILTER = _OneLineOrbaxErrors()
+
+
+def quiet_orbax_errors() -> None:
+    """Makes orbax's failures one line each: its logged tracebacks shortened (on the
+    "absl" logger it logs through) and the "Event loop is closed" tracebacks of its
+    closed event loop dropped (`sys.unraisablehook`). Idempotent; every reader and
+    writer of checkpoints calls it."""
+    absl_logger = logging.getLogger("absl")
+    if _ONE_LINE_FILTER not in absl_logger.filters:
+        absl_logger.addFilter(_ONE_LINE_FILTER)
+    if sys.unraisablehook is not _drop_closed_event_loop:
+        _drop_closed_event_loop.previous = sys.unraisablehook
+        sys.unraisablehook = _drop_closed_event_loop
 
 
 class Restored(NamedTuple):
@@ -88,6 +126,8 @@ def restore_newest(manager, directory, make_target, *, expected=None, step=None,
             if metadata is None or not _signature(metadata):
                 raise ValueError("the state's metadata (_METADATA) is missing")
         except Exception as err:  # noqa: BLE001 (any damage: try an older one)
+            if not _exists(directory, candidate):
+                continue  # pruned meanwhile: no damage
             unreadable.append((candidate, one_line(err)))
             _refuse_fallback_if_multiprocess(directory, candidate, err)
             continue
@@ -102,6 +142,8 @@ def restore_newest(manager, directory, make_target, *, expected=None, step=None,
             if expected is not None and _paths(metadata) != _paths(expected):
                 # Same shapes in another tree (e.g. an optimizer of other transforms).
                 raise _another_config(candidate, directory, "another structure") from err
+            if not _exists(directory, candidate):
+                continue  # pruned meanwhile: no damage
             unreadable.append((candidate, one_line(err)))
             _refuse_fallback_if_multiprocess(directory, candidate, err)
             continue
@@ -117,6 +159,10 @@ def restore_newest(manager, directory, make_target, *, expected=None, step=None,
             f"step directories aside, or use a new --workdir"
         )
     return None
+
+
+def _exists(directory, step: int) -> bool:
+    return (pathlib.Path(directory) / str(step)).is_dir()
 
 
 def _another_config(step: int, directory, how: str) -> ValueError:
@@ -150,6 +196,7 @@ class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, max_to_keep: int = 3):
         if max_to_keep < 1:
             raise ValueError(f"train.max_checkpoints must be >= 1, got {max_to_keep}")
+        quiet_orbax_errors()
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.max_to_keep = max_to_keep
         self.saved_any = False  # close() prunes only a run that saved (never a refused one)
@@ -161,8 +208,11 @@ class Checkpointer:
                 shutil.rmtree(leftover, ignore_errors=True)
         # Directories created in save() itself: a read-only or full disk fails there, at
         # once, rather than in orbax threads that wait minutes for the directory.
+        # cleanup_tmp_directories: the temporary directory of a save killed midway is
+        # removed when the next run starts (this run holds the workdir's lock).
         options = ocp.CheckpointManagerOptions(
-            create=True, async_options=ocp.AsyncOptions(create_directories_asynchronously=False)
+            create=True, cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=_item_handlers()
@@ -209,6 +259,20 @@ class Checkpointer:
         if self.is_main:
             for step, _ in restored.unreadable:
                 self._move_aside(step, "unreadable")
+
+    def move_aside_all(self, why: str) -> list[int]:
+        """Moves every finished checkpoint aside to `<why>-<step>` (a run started over);
+        returns their steps."""
+        steps = finished_steps(self.directory)
+        if self.is_main:
+            for step in steps:
+                self._move_aside(step, why)
+        if jax.process_count() > 1:  # every process's manager forgets them
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices("jaxar: checkpoints moved aside")
+            self.manager.reload()
+        return steps
 
     def discard_from(self, first_bad: int) -> list[int]:
         """After a divergence: moves the checkpoints of step >= `first_bad` aside to
@@ -302,6 +366,26 @@ def _paths(state_tree) -> list:
     return sorted("/".join(map(name, path)) for path, _ in flat)
 
 
+READ_ATTEMPTS = 5  # listings a reader tries while a trainer saves and prunes
+
+
+def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a run saved in `workdir/config.json`; a one-line ValueError naming the
+    file when it is missing, unreadable or not a config."""
+    config_file = pathlib.Path(workdir) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"workdir {str(workdir)!r} holds no config.json: not a jaxar run")
+    try:
+        saved = json.loads(config_file.read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict):
+            raise ValueError("not a config (an object with a data section)")
+        cfg = ml_collections.ConfigDict(saved)
+        cfg.data.shape = tuple(cfg.data.shape)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"{config_file} is damaged: {one_line(err, 200)}") from None
+    return cfg
+
+
 def load_run(workdir: str | pathlib.Path, step: int | None = None):
     """`(cfg, model, variables, step)` of a training run, for sampling or evaluation.
 
@@ -311,25 +395,35 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None):
     and nothing in the workdir is changed). A ValueError for anything unusable.
     """
 
+    quiet_orbax_errors()
     workdir = pathlib.Path(workdir)
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"workdir {str(workdir)!r} holds no config.json: not a jaxar run")
-    cfg = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    cfg.data.shape = tuple(cfg.data.shape)
+    cfg = read_run_config(workdir)
     directory = workdir.absolute() / "checkpoints"
     # Whatever devices or processes wrote the checkpoint, read it onto one local device.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = lambda metadata: jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
     )
-    with ocp.CheckpointManager(directory, item_handlers=_item_handlers()) as manager:
-        steps = manager.all_steps()
-        if not steps:
-            raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
-        if step is not None and step not in steps:
-            raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
-        restored = restore_newest(manager, directory, target, step=step)
+    # A trainer may prune the step being read (or finish a newer one) meanwhile: a step
+    # that vanished is no damage, the listing is read again.
+    for attempt in range(READ_ATTEMPTS):
+        listed = finished_steps(directory)
+        try:
+            with ocp.CheckpointManager(directory, item_handlers=_item_handlers()) as manager:
+                steps = manager.all_steps()
+                if not steps:
+                    raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
+                if step is not None and step not in steps:
+                    raise ValueError(
+                        f"step must be one of the saved steps {sorted(steps)}, got {step}")
+                restored = restore_newest(manager, directory, target, step=step)
+            if restored is None:  # every listed step vanished
+                raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
+            break
+        except (OSError, ValueError):
+            if attempt + 1 == READ_ATTEMPTS or finished_steps(directory) == listed:
+                raise
+            time.sleep(0.05 * (attempt + 1))
     state, step = restored.state, restored.step
     variables = {"params": state["ema_params"]}
     if state.get("batch_stats"):

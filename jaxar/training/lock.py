@@ -2,7 +2,10 @@
 
 The operating system releases the lock when its process ends, however it ends
 (SIGKILL included), so the lock of a dead process is taken over automatically;
-the file itself stays (it names the last holder). With several processes only
+the file itself stays (it names the last holder). The lock is the file's inode, so
+its text (`pid host`) is written in place rather than by `jaxar.files`' rename, which
+would give a second run another inode to lock; a write that fails (a full disk) is a
+ValueError, and a lock file this run created is removed again. With several processes only
 process 0 takes the lock, and every process learns whether it got it, so a
 refused multi-process run stops on every process at once instead of leaving the
 others waiting in a collective.
@@ -53,10 +56,12 @@ class WorkdirLock:
 
     def _try_lock(self) -> str | None:
         """None if this process now holds the lock, else a description of the holder."""
+        created = not self.path.exists()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ValueError(f"--workdir: cannot create the lock file {self.path}: {err}") from None
+            raise ValueError(f"--workdir: cannot create the lock file {self.path}: "
+                             f"{err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,10 +75,23 @@ class WorkdirLock:
             log.warning("cannot lock %s (%s): nothing stops a second run from writing "
                         "into this workdir", self.path, err)
             return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            os.fsync(fd)
+        except OSError as err:  # a full disk: nothing of this run stays
+            if created:
+                self.path.unlink(missing_ok=True)
+            os.close(fd)
+            raise ValueError(f"--workdir: cannot write the lock file {self.path}: "
+                             f"{err.strerror or err}") from None
         self._fd = fd
         return None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock (a file system without locks: never)."""
+        return self._fd is not None
 
     def release(self) -> None:
         if self._fd is not None:

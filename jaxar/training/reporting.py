@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
+
+from jaxar import files
 
 
 class MetricsWriter:
@@ -17,7 +18,8 @@ class MetricsWriter:
     Only process 0 writes; the other hosts get a writer that does nothing. A run that
     resumes from step `start_step` first drops the rows of later steps (logged by the
     interrupted run after its last checkpoint) and has TensorBoard purge those steps,
-    so every step appears once. Write errors (OSError) are raised.
+    so every step appears once. Write errors (OSError) are raised, and a row that could
+    not be written whole (a full disk) is cut off again: the file keeps its earlier rows.
     """
 
     def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, start_step: int = 0):
@@ -37,8 +39,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        with self.path.open("ab") as f:
+            size = f.tell()
+            try:
+                f.write((json.dumps(row) + "\n").encode())
+                f.flush()
+            except OSError:
+                f.truncate(size)
+                raise
         for name, value in metrics.items():
             self._tb.add_scalar(name, float(value), int(step))
         self._tb.flush()
@@ -67,9 +75,7 @@ def drop_metrics_after(workdir: str | pathlib.Path, step: int) -> bool:
         else:
             dropped += line.strip() != ""
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        files.write_text(path, "".join(line + "\n" for line in kept))
     return True
 
 
@@ -107,9 +113,11 @@ def image_grid(x: np.ndarray, num_levels: int, image_shape=None, cols: int | Non
 
 
 def save_image_grid(path, x, num_levels, image_shape=None, cols=None, scale: int = 4) -> None:
-    """Writes `image_grid(...)` as a PNG, nearest-neighbour upscaled `scale` times."""
+    """Writes `image_grid(...)` as a PNG, nearest-neighbour upscaled `scale` times
+    (atomically: `jaxar.files`)."""
     grid = image_grid(x, num_levels, image_shape, cols)
     image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    image.save(path)
+    with files.atomic_write(path, "wb") as f:
+        image.save(f, format="PNG")
