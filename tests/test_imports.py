@@ -14,6 +14,8 @@ PACKAGE = ROOT / "jaxar"
 # A module may import modules of its own package or of a lower rank only.
 RANKS = {
     "jaxar.distributions": 0,
+    "jaxar.files": 0,
+    "jaxar.compilation_cache": 0,
     "jaxar.nn": 1,
     "jaxar.data": 1,
     "jaxar.models": 2,
