@@ -62,6 +62,7 @@ def _paper():
     cfg.model.features = 160
     cfg.model.num_resnets = 5
     cfg.model.num_mixtures = 10
+    cfg.model.clip_high_log_scales = False  # the released likelihood
     return cfg
 
 

@@ -114,9 +114,9 @@ class DiscretizedLogisticMixture:
     num_levels: int = 256
     num_mixtures: int = 10
     num_channels: int = 3
+    max_log_scale: float = 7.0  # inf: clipped below only, as in the released code
     groups_channels = True
     min_log_scale = -7.0
-    max_log_scale = 7.0
 
     def num_params(self, group_size: int | None = None) -> int:
         channels = self.num_channels if group_size is None else group_size
@@ -204,11 +204,12 @@ class DiscretizedLogisticMixture:
         return jnp.clip(value, 0, self.num_levels - 1).astype(jnp.int32)
 
 
-def make_likelihood(name: str, num_levels: int, num_mixtures: int = 10, num_channels: int = 1):
+def make_likelihood(name: str, num_levels: int, num_mixtures: int = 10, num_channels: int = 1,
+                    max_log_scale: float = 7.0):
     """Builds the likelihood called `name` ("bernoulli", "categorical", "dmol").
 
-    `num_mixtures` and `num_channels` (the pixel's channels, one group) are
-    read by the discretized logistic mixture only.
+    `num_mixtures`, `num_channels` (the pixel's channels, one group) and `max_log_scale`
+    are read by the discretized logistic mixture only.
     """
     if name == "bernoulli":
         if num_levels != 2:
@@ -221,7 +222,7 @@ def make_likelihood(name: str, num_levels: int, num_mixtures: int = 10, num_chan
     if name == "dmol":
         if num_mixtures < 1:
             raise ValueError(f"model.num_mixtures must be >= 1, got {num_mixtures}")
-        return DiscretizedLogisticMixture(num_levels, num_mixtures, num_channels)
+        return DiscretizedLogisticMixture(num_levels, num_mixtures, num_channels, max_log_scale)
     raise ValueError(
         f"model.likelihood must be one of ['bernoulli', 'categorical', 'dmol'], got {name!r}"
     )

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxar import distributions
-from jaxar.models import base, configs, pixelcnn_pp_cache
+from jaxar.models import base, configs, pixelcnn_pp_cache, released
 from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
 
@@ -34,11 +34,15 @@ class PixelCNNPP(base.Model):
     dropout_rate: float = 0.5
     num_classes: int = 0
     conv_impl: str = "auto"
+    # False: log-scales clipped below only (at -7), as the released code's likelihood.
+    clip_high_log_scales: bool = True
 
     @property
     def likelihood(self):
         return distributions.make_likelihood(
-            "dmol", self.num_levels, self.num_mixtures, self.event_shape[-1]
+            "dmol", self.num_levels, self.num_mixtures, self.event_shape[-1],
+            distributions.DiscretizedLogisticMixture.max_log_scale
+            if self.clip_high_log_scales else float("inf"),
         )
 
     @nn.nowrap
@@ -67,6 +71,43 @@ class PixelCNNPP(base.Model):
             "down": [level("down", lvl, nr + (lvl < res - 1), lvl < res - 1)
                      for lvl in range(res)],
         }
+
+    @nn.nowrap
+    def released_layers(self) -> list[released.Layer]:
+        """The layers in the order openai/pixel-cnn's `model_spec` creates them
+        (`jaxar.models.released`): its `conv2d_k` / `deconv2d_k` / `dense_k` variables.
+
+        The original has 3 resolutions and no class conditioning; each gated resnet
+        creates conv_in, aux_in (with a skip input) and gate_out in that order; the
+        up pass alternates u and ul resnets, the down pass too.
+        """
+        if self.num_resolutions != 3 or self.num_classes or self.event_shape[-1] != 3:
+            raise ValueError(
+                "the released PixelCNN++ has model.num_resolutions=3, no classes and RGB "
+                f"images; this config has {self.num_resolutions}, {self.num_classes}, "
+                f"{self.event_shape[-1]} channel(s)")
+        names = self.layer_names()
+        conv = lambda name: released.Layer((name,), "conv2d")
+        layers = [conv(names["u_in"]), conv(names["ul_above"]), conv(names["ul_left"])]
+
+        def resnet(name, kind, aux):
+            subs = [("conv_in", kind)] + [("aux_in", "dense")] * aux + [("gate_out", kind)]
+            return [released.Layer((name, sub), k) for sub, k in subs]
+
+        for level, up in enumerate(names["up"]):
+            if level:
+                layers += [conv(up["u_conv"]), conv(up["ul_conv"])]
+            for u_name, ul_name in zip(up["u_res"], up["ul_res"], strict=True):
+                layers += resnet(u_name, "conv2d", False) + resnet(ul_name, "conv2d", True)
+        for level in reversed(range(self.num_resolutions)):
+            down = names["down"][level]
+            if "u_conv" in down:
+                layers += [released.Layer((down["u_conv"],), "deconv2d"),
+                           released.Layer((down["ul_conv"],), "deconv2d")]
+            for u_name, ul_name in zip(down["u_res"], down["ul_res"], strict=True):
+                layers += resnet(u_name, "conv2d", True) + resnet(ul_name, "conv2d", True)
+        order = released.original_dmol_order(self.num_mixtures)
+        return layers + [released.Layer((names["out"],), "dense", order)]
 
     @nn.compact
     def __call__(self, x, labels=None, cond=None, train: bool = False):

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, configs, pixelsnail_cache
+from jaxar.models import base, configs, pixelsnail_cache, released
 from jaxar.models.pixelcnn_pp import check_dropout_rate
 from jaxar.nn import fast_conv, layers
 from jaxar.nn import shifted_layers as sl
@@ -162,6 +162,11 @@ class PixelSNAIL(base.Model):
     cond_shape: tuple[int, ...] | None = None  # (h, w, 1): a coarser code map
     cond_levels: int = 0  # its codes' range [0, K); > 0 with cond_shape
     cond_features: int = 32  # the upsampled code map's features
+    # True: the row and the column position each repeated over the image's C channels
+    # (2 * C background channels), as the released code computes them; False: 2.
+    background_per_channel: bool = False
+    # False: log-scales clipped below only (at -7), as the released code's likelihood.
+    clip_high_log_scales: bool = True
 
     def setup(self):
         # `cond_map` runs alone in the cached decoder: a setup module, named "cond_net".
@@ -173,7 +178,9 @@ class PixelSNAIL(base.Model):
     @property
     def likelihood(self):
         return distributions.make_likelihood(
-            self.likelihood_name, self.num_levels, self.num_mixtures, self.event_shape[-1]
+            self.likelihood_name, self.num_levels, self.num_mixtures, self.event_shape[-1],
+            distributions.DiscretizedLogisticMixture.max_log_scale
+            if self.clip_high_log_scales else float("inf"),
         )
 
     def pixel_steps(self) -> np.ndarray:
@@ -192,11 +199,14 @@ class PixelSNAIL(base.Model):
 
     @nn.nowrap
     def background(self) -> np.ndarray:
-        """Row and column positions in [-1/2, 1/2), `[H, W, 2]`, as in the released code."""
-        height, width, _ = self.event_shape
+        """Row and column positions `(i - H/2) / H`, `(j - W/2) / W` in [-1/2, 1/2), as in the
+        released code: `[H, W, 2]`, or `[H, W, 2 * C]` with `background_per_channel` (the
+        row C times, then the column C times: the released code's 6 channels for RGB)."""
+        height, width, channels = self.event_shape
         rows = (np.arange(height) - height / 2) / height
         cols = (np.arange(width) - width / 2) / width
-        return np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).astype(np.float32)
+        grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).astype(np.float32)
+        return np.repeat(grid, channels, axis=-1) if self.background_per_channel else grid
 
     @nn.nowrap
     def layer_names(self) -> dict:
@@ -226,6 +236,42 @@ class PixelSNAIL(base.Model):
         names["out"] = "out"
         return names
 
+    @nn.nowrap
+    def released_layers(self) -> list[released.Layer]:
+        """The layers in the order neocxi/pixelsnail-public's `_base_noup_smallkey_spec`
+        creates them (`jaxar.models.released`): its `conv2d_k` / `dense_k` variables.
+
+        Per block: the gated resnets (2x2 conv_in, gate_out), then the content resnet
+        (1x1 conv_in, gate_out), its key/value layer, the query resnet and layer, and the
+        resnet taking the attention (conv_in, aux_in, gate_out); last the output layer.
+        """
+        wanted = {"raster ordering": self.is_raster(), "dmol likelihood":
+                  self.likelihood_name == "dmol", "RGB images": self.event_shape[-1] == 3,
+                  "no classes": not self.num_classes, "no cond": not self.cond_levels,
+                  "one attention head": self.num_heads == 1, "key_features=16":
+                  self.key_features == 16, "background_per_channel":
+                  self.background_per_channel}
+        missing = [what for what, ok in wanted.items() if not ok]
+        if missing:
+            raise ValueError(f"the released PixelSNAIL has {', '.join(wanted)}; this config "
+                             f"differs in: {', '.join(missing)}")
+        names = self.layer_names()
+        layer = lambda *path, kind="dense": released.Layer(path, kind)
+        layers = [layer(names["ul_above"], kind="conv2d"), layer(names["ul_left"], kind="conv2d")]
+        for block in names["blocks"]:
+            for name in block["res"]:
+                layers += [layer(name, "conv_in", kind="conv2d"),
+                           layer(name, "gate_out", kind="conv2d")]
+            layers += [layer(block["content"], "conv_in"), layer(block["content"], "gate_out"),
+                       layer(block["kv"]),
+                       layer(block["query_res"], "conv_in"), layer(block["query_res"],
+                                                                   "gate_out"),
+                       layer(block["query"]),
+                       layer(block["out"], "conv_in"), layer(block["out"], "aux_in"),
+                       layer(block["out"], "gate_out")]
+        order = released.original_dmol_order(self.num_mixtures)
+        return layers + [released.Layer((names["out"],), "dense", order)]
+
     def cond_map(self, cond):
         """The conditioning map `[B, H, W, cond_features]` of the codes `cond`, or None."""
         return self.cond_net(cond) if self.cond_levels else None
@@ -245,7 +291,8 @@ class PixelSNAIL(base.Model):
             x_pad = sl.with_ones(x_in)
         else:
             x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
-        background = jnp.broadcast_to(self.background(), (*x.shape[:-1], 2))
+        background = self.background()
+        background = jnp.broadcast_to(background, (*x.shape[:-1], background.shape[-1]))
         if self.is_raster():
             ul = sl.up_left_stream(x_pad, self.features, self.conv_impl,
                                    (names["ul_above"], names["ul_left"]))

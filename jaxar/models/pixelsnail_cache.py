@@ -60,7 +60,8 @@ class Decoder(pixelcnn_pp_cache.Layers):
         steps = model.pixel_steps().ravel()
         self.steps = jnp.asarray(steps)  # generation step of each pixel, [H * W]
         self.order = jnp.asarray(np.argsort(steps).astype(np.int32))  # pixel of each step
-        self.background = jnp.asarray(model.background().reshape(-1, 2))  # [H * W, 2]
+        background = model.background()
+        self.background = jnp.asarray(background.reshape(-1, background.shape[-1]))  # [H*W, P]
 
     def _state(self, s, key, shape):
         if key not in s:
@@ -71,7 +72,7 @@ class Decoder(pixelcnn_pp_cache.Layers):
 
     def _background_at(self, p):
         grid = jax.lax.dynamic_slice_in_dim(self.background, p, 1, axis=0)
-        return jnp.broadcast_to(grid, (self.batch, 1, 1, 2))
+        return jnp.broadcast_to(grid, (self.batch, 1, 1, grid.shape[-1]))
 
     def _cond_at(self, p):
         if self.cond is None:

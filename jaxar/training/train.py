@@ -79,6 +79,12 @@ def create_train_state(model, cfg, init_key, rng, x, labels=None, cond=None) -> 
     """A fresh state; params are initialized on batch x (data-dependent where layers need it)
     with its conditioning map `cond` (None: derived from x, if the model has one)."""
     variables = models_lib.init_variables(model, cfg, init_key, x=x, labels=labels, cond=cond)
+    return state_from_variables(cfg, variables, rng)
+
+
+def state_from_variables(cfg, variables, rng) -> TrainState:
+    """The state at step 0 of a run starting from `variables` (its params, also as the
+    average, a fresh optimizer): a new run's, or imported weights' (`jaxar-import`)."""
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
