@@ -14,7 +14,9 @@ parameter vector:
 x's shape, so the sum over a group is the group's joint log-prob.
 `sample(key, params, x, channel, temperature)` draws channel `channel` of each
 group given the earlier channels already written in `x`; the sampler calls it
-once per dimension with the key of that step.
+once per dimension with the key of that step. `log_pmf(params, x, channel)` is
+that channel's conditional for every value, `[..., num_levels]` (what an entropy
+coder needs).
 
 `mu_law_encode` / `mu_law_decode` compand audio in [-1, 1] into integer levels
 and back (the categorical WaveNet models those levels).
@@ -49,6 +51,12 @@ class Bernoulli:
         sign = 2.0 * x_NG.astype(jnp.float32) - 1.0
         return jax.nn.log_sigmoid(sign * logits)
 
+    def log_pmf(self, logits_NF, x_NG, channel) -> jax.Array:
+        """`[log p(x=0), log p(x=1)]` of one dimension per group: `[..., 2]`."""
+        del x_NG, channel
+        logits = logits_NF.astype(jnp.float32)
+        return jnp.concatenate([jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(logits)], -1)
+
     def sample(self, key, logits_NF, x_NG, channel, temperature=1.0) -> jax.Array:
         """Draws x of one dimension per group: int32 `[...]`."""
         del x_NG, channel
@@ -71,6 +79,11 @@ class Categorical:
         """Per-dimension log p(x); `logits_NV` is `[..., V]`, `x_NG` is `[..., 1]`."""
         logp_NV = jax.nn.log_softmax(logits_NV.astype(jnp.float32), axis=-1)
         return jnp.take_along_axis(logp_NV, x_NG.astype(jnp.int32), axis=-1)
+
+    def log_pmf(self, logits_NV, x_NG, channel) -> jax.Array:
+        """`log p(x = v)` of one dimension per group for every value v: `[..., V]`."""
+        del x_NG, channel
+        return jax.nn.log_softmax(logits_NV.astype(jnp.float32), axis=-1)
 
     def sample(self, key, logits_NV, x_NG, channel, temperature=1.0) -> jax.Array:
         """Draws x of one dimension per group: int32 `[...]`."""
@@ -183,6 +196,17 @@ class DiscretizedLogisticMixture:
         """Per-channel conditionals `log p(x_c | x_<c)` of each pixel, x's shape `[..., C]`."""
         log_post_NCK, lp_NCK = self._components(params_NF, x_NC)
         return jax.nn.logsumexp(log_post_NCK + lp_NCK, axis=-1)
+
+    def log_pmf(self, params_NF, x_NC, channel) -> jax.Array:
+        """`log p(x_channel = v | x_<channel)` for every value v: `[..., V]`.
+
+        `channel` may be traced; only the channels before it are read from `x_NC`.
+        """
+        values_V1 = jnp.arange(self.num_levels, dtype=x_NC.dtype)[:, None]
+        is_channel = jnp.arange(self.num_channels) == channel
+        x_NVC = jnp.where(is_channel, values_V1, x_NC[..., None, :])
+        lp_NVC = self.log_prob(params_NF[..., None, :], x_NVC)
+        return jnp.sum(jnp.where(is_channel, lp_NVC, 0.0), axis=-1)
 
     def sample(self, key, params_NF, x_NC, channel, temperature=1.0) -> jax.Array:
         """Draws channel `channel` given the earlier channels in `x_NC`: int32 `[...]`.

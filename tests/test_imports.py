@@ -22,6 +22,7 @@ RANKS = {
     "jaxar.sampling": 3,
     "jaxar.config": 3,
     "jaxar.training": 4,
+    "jaxar.codec": 4,
     "jaxar.cli": 5,
     "jaxar.main": 6,
     "jaxar": 6,

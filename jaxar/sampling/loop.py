@@ -17,13 +17,19 @@ import jax.numpy as jnp
 from jaxar.models import base
 
 
+def group_of(model, x_flat_BD, dim):
+    """`(x_group_BG, channel)`: the likelihood group holding flat dimension `dim`, and
+    `dim`'s position in it (a pixel's channel when the likelihood couples them)."""
+    group = model.event_shape[-1] if model.likelihood.groups_channels else 1
+    start = (dim // group) * group
+    return jax.lax.dynamic_slice_in_dim(x_flat_BD, start, group, axis=1), dim % group
+
+
 def draw(model, key, t, params_BF, x_flat_BD, dim, temperature):
     """Draws dimension `dim` (flat index) at generation step t from its parameters `[B, F]`."""
-    lik = model.likelihood
-    group = model.event_shape[-1] if lik.groups_channels else 1
-    start = (dim // group) * group
-    x_group_BG = jax.lax.dynamic_slice_in_dim(x_flat_BD, start, group, axis=1)
-    return lik.sample(jax.random.fold_in(key, t), params_BF, x_group_BG, dim % group, temperature)
+    x_group_BG, channel = group_of(model, x_flat_BD, dim)
+    return model.likelihood.sample(jax.random.fold_in(key, t), params_BF, x_group_BG, channel,
+                                   temperature)
 
 
 def write(x_flat_BD, dim, value_B, known_flat_BD, mask_flat_BD):
@@ -39,8 +45,16 @@ def params_at(model, params, dim):
     return params.reshape(batch, -1, num_params)[:, dim // group]
 
 
-def ancestral(model, decoder: base.Decoder, key, temperature, known, known_mask):
-    """Samples `[B, *event_shape]` with `decoder` (traceable; call it inside jit)."""
+def ancestral(model, decoder: base.Decoder, key, temperature, known, known_mask, provide=None):
+    """Samples `[B, *event_shape]` with `decoder` (traceable; call it inside jit).
+
+    provide(t, params_BF, x_flat_BD, dim) -> int32 `[B]`: where the values of step t
+    come from instead of a random draw (the entropy coder of `jaxar.codec`); `key`
+    and `temperature` are then not read.
+    """
+    if provide is None:
+        provide = lambda t, params_BF, x_flat, dim: draw(model, key, t, params_BF, x_flat, dim,
+                                                         temperature)
     batch = known.shape[0]
     order = base.generation_order(model)
     num_dims, k = order.shape[0], decoder.dims_per_step
@@ -56,7 +70,7 @@ def ancestral(model, decoder: base.Decoder, key, temperature, known, known_mask)
         params_BF, cache = decoder.step(cache, x_flat, s)
         for c in range(k):
             t = s * k + c
-            value = draw(model, key, t, params_BF, x_flat, order[t], temperature)
+            value = provide(t, params_BF, x_flat, order[t])
             x_flat = write(x_flat, order[t], value, known_flat, mask_flat)
         return x_flat, cache
 
