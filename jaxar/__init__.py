@@ -1,7 +1,6 @@
 """jaxar: autoregressive generative models in JAX and Flax."""
 
 from jaxar import codec as codec  # the module: jaxar.codec.compress / decompress
-from jaxar import codec as codec  # the module: jaxar.codec.compress / decompress
 from jaxar.config import load_config
 from jaxar.models import bits_per_dim, build_model, init_variables, log_prob, ordering
 from jaxar.sampling import sample
