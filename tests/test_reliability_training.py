@@ -1,0 +1,233 @@
+"""Reliability of training runs, in-process: resuming on other data is refused (or started
+over on request), a refused run leaves nothing behind, readers never fail while a trainer
+prunes, malformed run files and full disks are one-line errors that keep the previous
+file, orbax's tracebacks are quieted for every loader. (Signals and the compilation cache:
+tests/test_preemption.py.)"""
+
+import contextlib
+import gc
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxar
+from jaxar.training import checkpoint, lock, reporting, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def smoke(**data_overrides):
+    cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelcnn_mnist.py:smoke"))
+    cfg.data.update(data_overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """An uninterrupted 6-step smoke run: checkpoints 3 and 6."""
+    workdir = tmp_path_factory.mktemp("pristine") / "run"
+    train.train_and_evaluate(smoke(), workdir)
+    return workdir
+
+
+def copy_run(pristine, tmp_path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(pristine, tmp_path / "run"))
+
+
+def snapshot(workdir) -> dict:
+    """Every file of a workdir (path -> bytes)."""
+    return {p.relative_to(workdir): p.read_bytes() for p in sorted(workdir.rglob("*"))
+            if p.is_file()}
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: pathlib.Path, size: str = "256k"):
+    """A tmpfs of `size` mounted on `directory` (root with mount rights), else a skip."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("JAXAR_TEST_NO_MOUNT") or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def fill(directory: pathlib.Path) -> None:
+    """Writes a file into `directory` until its file system is full."""
+    with contextlib.suppress(OSError), (directory / "filler").open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
+# ------------------------------------------------------------------ resume on other data
+
+
+def image_folder(directory: pathlib.Path, count: int = 24) -> pathlib.Path:
+    """`count` 8x8 grey PNGs: a folder of the smoke run's shape."""
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+            directory / f"{i}.png")
+    return directory
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"name": "random"}, "data.name='random' (saved: 'stripes')"),
+    ({"num_train": 32}, "data.num_train=32 (saved: 64)"),
+    ({"source": "folder", "num_train": None, "num_test": None},
+     "data.source='folder' (saved: 'synthetic')"),
+])
+def test_resume_on_other_data_is_refused_and_nothing_is_written(pristine, tmp_path, overrides,
+                                                                named):
+    workdir = copy_run(pristine, tmp_path)
+    if overrides.get("source") == "folder":  # an image folder of the same shape
+        overrides = {**overrides, "path": str(image_folder(tmp_path / "images"))}
+    before = snapshot(workdir)
+    with pytest.raises(train.BadInput) as info:
+        train.train_and_evaluate(smoke(**overrides), workdir)
+    message = str(info.value)
+    assert "\n" not in message and named in message, message
+    assert "the data differs from that of the checkpoint at step 6" in message
+    assert "--start_over" in message
+    assert snapshot(workdir) == before  # config.json, checkpoints, metrics untouched
+
+
+def test_start_over_trains_from_step_0_and_keeps_the_old_checkpoints_aside(pristine,
+                                                                           tmp_path):
+    workdir = copy_run(pristine, tmp_path)
+    old_params = checkpoint.load_run(workdir)[2]
+    state = train.train_and_evaluate(smoke(name="random"), workdir, start_over=True)
+    assert int(state.step) == 6
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
+        "3", "6", "previous-3", "previous-6"]
+    assert json.loads((workdir / "config.json").read_text())["data"]["name"] == "random"
+    assert [r["step"] for r in reporting.read_metrics(workdir)] == [2, 3, 4, 6, 6]
+    new_params = checkpoint.load_run(workdir)[2]
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(old_params), jax.tree.leaves(new_params), strict=True))
+
+
+# ------------------------------------------------------------- refused runs leave nothing
+
+
+def test_a_refused_run_leaves_no_workdir_lock_or_index(tmp_path):
+    """Refused after the lock was taken (the data cannot be loaded): a new workdir is
+    removed whole; in an existing one, the lock and folder index it made are removed."""
+    bad = dict(source="folder", path=str(tmp_path / "no_such_folder"), name="folder",
+               num_train=None, num_test=None)
+    with pytest.raises(train.BadInput, match="no_such_folder"):
+        train.train_and_evaluate(smoke(**bad), tmp_path / "new" / "run")
+    assert not (tmp_path / "new" / "run").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(train.BadInput, match="no_such_folder"):
+        train.train_and_evaluate(smoke(**bad), existing)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    # A workdir that is a file: one line, and the file stays.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(train.BadInput, match="is a file, not a directory"):
+        train.train_and_evaluate(smoke(), tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_malformed_run_files_are_one_line_errors_naming_the_file(pristine, tmp_path):
+    workdir = copy_run(pristine, tmp_path)
+    for text in ("{not json", "[1, 2]", '{"model": {}}'):
+        (workdir / "config.json").write_text(text)
+        with pytest.raises(ValueError, match="config.json is damaged: ") as info:
+            checkpoint.load_run(workdir)
+        assert "\n" not in str(info.value) and str(workdir / "config.json") in str(info.value)
+
+
+def test_a_full_disk_at_the_lock_metrics_or_samples_keeps_the_previous_files(tmp_path):
+    with small_tmpfs(tmp_path / "disk") as disk:
+        metrics = reporting.MetricsWriter(disk)
+        metrics.write(1, {"train/bpd": 1.0})
+        png = disk / "samples.png"
+        reporting.save_image_grid(png, np.zeros((4, 8, 8, 1), np.int32), 2)
+        before = snapshot(disk)
+        fill(disk)
+        with pytest.raises(OSError):
+            metrics.write(2, {"train/bpd": 0.5, **{f"x{i}": float(i) for i in range(999)}})
+        with pytest.raises(OSError):
+            reporting.save_image_grid(png, np.ones((64, 8, 8, 1), np.int32), 2, scale=64)
+        with pytest.raises(ValueError, match="--workdir: cannot (create|write) the lock file"):
+            lock.WorkdirLock(disk).acquire()
+        (disk / "filler").unlink()
+        assert snapshot(disk) == before  # nothing partial, no lock, no temporary file
+        metrics.close()
+
+
+# -------------------------------------------------------------- readers racing with pruning
+
+
+def test_readers_never_fail_while_a_trainer_saves_and_prunes(pristine, tmp_path):
+    """A trainer keeping one checkpoint saves a new step again and again (each save prunes
+    the one before) while `load_run` (what jaxar-sample uses) reads in a loop: every read
+    returns a complete step."""
+    workdir = copy_run(pristine, tmp_path)
+    cfg = smoke()
+    trainer = train.Trainer(jaxar.build_model(cfg), cfg)
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=1)
+    restored = ckpt.restore_latest(trainer.abstract_state)
+    saves, reads, errors, done = 16, [], [], threading.Event()
+
+    def read():
+        while not done.is_set() or len(reads) < 3:
+            try:
+                reads.append(checkpoint.load_run(workdir)[3])
+            except Exception as err:  # noqa: BLE001 (counted: the test's subject)
+                errors.append(checkpoint.one_line(err))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for step in range(7, 7 + saves):
+            ckpt.save(step, restored.state, restored.data, cfg)
+        ckpt.close()
+    finally:
+        done.set()
+        reader.join(timeout=120)
+    assert not errors, errors[:3]
+    assert len(reads) >= 3 and set(reads) <= set(range(6, 7 + saves))
+    assert checkpoint.finished_steps(workdir / "checkpoints") == [6 + saves]
+
+
+# ----------------------------------------------------- orbax's tracebacks, for every loader
+
+
+def test_closed_event_loop_tracebacks_are_dropped_for_every_loader(pristine, tmp_path,
+                                                                  capfd):
+    """load_run (the sampler's loader) installs the same quieting as the trainer: a damaged
+    latest checkpoint falls back with a warning and no traceback."""
+    workdir = copy_run(pristine, tmp_path)
+    for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not a checkpoint")
+    assert checkpoint.load_run(workdir)[3] == 3
+    gc.collect()
+    assert sys.unraisablehook is checkpoint._drop_closed_event_loop
+    seen = []
+    checkpoint._drop_closed_event_loop.previous = seen.append
+    try:
+        for error in (RuntimeError("Event loop is closed"), RuntimeError("other")):
+            sys.unraisablehook(type("Info", (), {"exc_value": error})())
+    finally:
+        checkpoint._drop_closed_event_loop.previous = sys.__unraisablehook__
+    assert [str(info.exc_value) for info in seen] == ["other"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Event loop is closed" not in err, err[-2000:]
