@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxar import data, files, sampling
+from jaxar import compilation_cache, data, files, sampling
 from jaxar.data import images
 from jaxar.training import checkpoint, latent, reporting
 
@@ -272,6 +272,7 @@ def run(args) -> str:
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    compilation_cache.enable()  # a repeated sampling run loads its programs from disk
     try:
         print(run(args))
     except ValueError as err:
