@@ -26,7 +26,8 @@ from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from experiments import base
-from jaxar.training import evaluate
+from jaxar import compilation_cache
+from jaxar.training import evaluate, sharding
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="summary JSON (default: <workdir>/eval_<split>_<step>.json)")
     p.add_argument("--scores", default=None, help="per-example scores, a .jsonl file")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", default="auto", choices=("auto", "on", "off"),
+                   help="join a multi-process JAX system: 'auto' on a Cloud TPU VM or in a "
+                        "SLURM step of several tasks (as jaxar-train)")
     return p
 
 
@@ -93,9 +97,17 @@ def main(argv=None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     try:
-        print(run(args, parse_overrides(rest)))
+        overrides = parse_overrides(rest)
+        sharding.initialize_distributed(args.distributed)  # before anything starts JAX
+        compilation_cache.enable()  # a repeated evaluation loads its program from disk
+        print(run(args, overrides))
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+    except OSError as err:  # reading the data or writing a result failed
+        parser.exit(1, f"{parser.prog}: error: {type(err).__name__}: "
+                       f"{' '.join(str(err).split())}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted (no file is left half-written)\n")
     return 0
 
 
