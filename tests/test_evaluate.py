@@ -104,6 +104,9 @@ def test_ema_parameters_are_scored(run, tmp_path):
     np.testing.assert_allclose(result.summary["bits_per_dim"], ema, rtol=1e-6)
     assert abs(ema - raw) > 1e-3  # so the raw parameters would have been noticed
     assert result.summary["params"] == "ema"
+    result = jaxar.evaluate(workdir, out=tmp_path / "r.json", params="raw")
+    np.testing.assert_allclose(result.summary["bits_per_dim"], raw, rtol=1e-6)
+    assert result.summary["params"] == "raw"
 
 
 def test_cli_on_8_devices_equals_1_device(run, tmp_path):
@@ -138,6 +141,7 @@ def test_cli_on_8_devices_equals_1_device(run, tmp_path):
     (["--out", "DIR"], "--out must name a file"),
     (["--scores", "s.csv"], "--scores must end in one of .jsonl"),
     (["--step", "9"], "step must be one of the saved steps [5]"),
+    (["--params", "best"], "argument --params: invalid choice: 'best'"),
     (["--config.model.features=3"], "jaxar-eval overrides data.* and eval.* only"),
     (["--config.data.num_tests=3"], 'Did you mean "num_test"'),
     (["--config.data.num_test=0"], "data.num_test must be an int >= 1"),

@@ -5,11 +5,12 @@
   jaxar-eval --workdir runs/pixelcnn_pp_cifar10 --config.data.name=svhn_cropped \
       --scores svhn_scores.jsonl
 
-Scores the run's EMA parameters on every example of the split (default: test) once,
-batched and split over all devices, with a progress bar on stderr; prints one line
-(examples, bits/dim, nats per example, images/s) and writes it as JSON (`--out`, default
-`<workdir>/eval_<split>_<step>.json`); `--scores` writes one JSON line per example
-(index, label, nats, bits_per_dim), e.g. for out-of-distribution scoring.
+Scores the run's EMA parameters (`--params raw`: the optimizer's) on every example of
+the split (default: test) once, batched and split over all devices, with a progress bar
+on stderr; prints one line (examples, bits/dim, nats per example, images/s) and writes
+it as JSON (`--out`, default `<workdir>/eval_<split>_<step>.json`); `--scores` writes
+one JSON line per example (index, label, nats, bits_per_dim), e.g. for
+out-of-distribution scoring.
 `--config.data.<key>=value` and `--config.eval.<key>=value` override the run's config
 the way `jaxar-train` takes overrides (another dataset, source, cap or batch size).
 
@@ -45,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="summary JSON (default: <workdir>/eval_<split>_<step>.json)")
     p.add_argument("--scores", default=None, help="per-example scores, a .jsonl file")
+    p.add_argument("--params", default="ema", choices=("ema", "raw"),
+                   help="the Polyak average (as sampling uses) or the optimizer's parameters")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", default="auto", choices=("auto", "on", "off"),
                    help="join a multi-process JAX system: 'auto' on a Cloud TPU VM or in a "
@@ -84,7 +87,7 @@ def parse_overrides(args: list[str]) -> dict:
 def run(args, overrides: dict) -> str:
     result = evaluate.evaluate(args.workdir, args.split, step=args.step, overrides=overrides,
                                out=args.out, scores=args.scores,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, params=args.params)
     s = result.summary
     wrote = " and ".join(map(str, result.written))
     return (f"{s['dataset']} step {s['step']}: {s['examples']} examples, "

@@ -386,15 +386,18 @@ def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return cfg
 
 
-def load_run(workdir: str | pathlib.Path, step: int | None = None):
+def load_run(workdir: str | pathlib.Path, step: int | None = None, params: str = "ema"):
     """`(cfg, model, variables, step)` of a training run, for sampling or evaluation.
 
-    Reads the config saved in the workdir and the EMA parameters (plus BatchNorm
-    statistics, if any) of checkpoint `step`; without `step`, of the newest checkpoint
-    that restores (`restore_newest`: an unreadable newer one is skipped with a warning,
-    and nothing in the workdir is changed). A ValueError for anything unusable.
+    Reads the config saved in the workdir and the EMA parameters (`params="raw"`: the
+    optimizer's) plus BatchNorm statistics, if any, of checkpoint `step`; without `step`,
+    of the newest checkpoint that restores (`restore_newest`: an unreadable newer one is
+    skipped with a warning, and nothing in the workdir is changed). A ValueError for
+    anything unusable.
     """
 
+    if params not in ("ema", "raw"):
+        raise ValueError(f"params must be 'ema' or 'raw', got {params!r}")
     quiet_orbax_errors()
     workdir = pathlib.Path(workdir)
     cfg = read_run_config(workdir)
@@ -425,7 +428,7 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None):
                 raise
             time.sleep(0.05 * (attempt + 1))
     state, step = restored.state, restored.step
-    variables = {"params": state["ema_params"]}
+    variables = {"params": state["ema_params" if params == "ema" else "params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
     return cfg, models.build_model(cfg), variables, step

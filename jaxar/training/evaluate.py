@@ -65,9 +65,10 @@ def apply_overrides(cfg, overrides: Mapping[str, Any] | None) -> None:
 
 def evaluate(workdir, split: str = "test", *, step: int | None = None,
              overrides: Mapping[str, Any] | None = None, out=None, scores=None,
-             progress: bool = False) -> Evaluation:
+             progress: bool = False, params: str = "ema") -> Evaluation:
     """Bits/dim and nats per example of the run in `workdir` (checkpoint `step`, default
-    the newest; its EMA parameters) on `split` ("train" or "test") of its dataset.
+    the newest; its EMA parameters, or with `params="raw"` the optimizer's) on `split`
+    ("train" or "test") of its dataset.
 
     Writes the summary as JSON to `out` (default `<workdir>/eval_<split>_<step>.json`)
     and, when `scores` names a .jsonl file, one line per example: index, label, nats,
@@ -77,7 +78,7 @@ def evaluate(workdir, split: str = "test", *, step: int | None = None,
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    cfg, model, variables, step = checkpoint.load_run(workdir, step)
+    cfg, model, variables, step = checkpoint.load_run(workdir, step, params)
     apply_overrides(cfg, overrides)
     config.validate(cfg)
     if not model.autoregressive:
@@ -95,7 +96,7 @@ def evaluate(workdir, split: str = "test", *, step: int | None = None,
     train._check_served_cond(model, examples)  # the trainer's own check
     result = _run(model, cfg, mesh, variables, examples, batch_size, progress)
     summary = {"workdir": str(pathlib.Path(workdir).absolute()), "step": step, "split": split,
-               "dataset": examples.name, "params": "ema", **result.summary,
+               "dataset": examples.name, "params": params, **result.summary,
                "overrides": dict(overrides or {})}
     written = (out,) if scores is None else (out, scores)
     if jax.process_index() == 0:
