@@ -1,0 +1,34 @@
+"""Sphinx configuration of jaxar's documentation (MyST Markdown, myst-nb, autosummary)."""
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+project = "jaxar"
+author = "jaxar contributors"
+copyright = "2026, jaxar contributors"  # noqa: A001 (Sphinx's name)
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_heading_anchors = 3
+
+# The quickstart notebook is rendered as stored: the test suite executes it on a smoke run.
+nb_execution_mode = "off"
+
+autosummary_generate = True
+autodoc_default_options = {"members": False, "undoc-members": False}
+autodoc_typehints = "description"
+napoleon_google_docstring = True
+
+html_theme = "sphinx_book_theme"
+html_title = "jaxar"
