@@ -17,6 +17,7 @@ import jaxar
 from jaxar import models, sampling
 from jaxar.cli import train as train_cli
 from jaxar.data import images
+from jaxar.models import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MADE_SMOKE = str(ROOT / "experiments" / "made_mnist.py:smoke")
@@ -70,6 +71,15 @@ def test_another_models_variables_are_refused_before_compiling(made):
     with pytest.raises(ValueError, match=r"is missing"):
         jaxar.sample(model3, variables, jax.random.key(0), 2, labels=np.zeros(2, np.int32))
     assert sampling.jitted_sample._cache_size() == sampler_compiled
+
+
+def test_the_traced_variable_tree_equals_what_init_returned(made):
+    model, variables = made
+    remembered = common._SHAPES.pop(model)  # init_variables recorded it
+    common.check_variables(model, variables)  # traced with jax.eval_shape
+    traced = common._SHAPES[model]
+    assert traced[0] == remembered[0] and traced[1] == remembered[1]
+    assert traced[2] == remembered[2] == [(32,), (36, 32), (36,), (32, 36)]
 
 
 # --- one decoding path for every image --------------------------------------------------------

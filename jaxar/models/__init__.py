@@ -68,7 +68,9 @@ def init_variables(model, cfg, key, x=None, labels=None, cond=None):
         cond = model.derive_cond(x)
     common.check_inputs(model, x, labels, cond)
     with common.rng_context():
-        return _init(model, param_key, x, labels, cond)
+        variables = _init(model, param_key, x, labels, cond)
+    common.remember_variables(model, variables)
+    return variables
 
 
 @functools.partial(jax.jit, static_argnums=0)

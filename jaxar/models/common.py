@@ -6,7 +6,6 @@ The model protocol these checks rely on is `jaxar.models.base`.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Mapping
 
 import flax
@@ -226,10 +225,33 @@ def _flatten(where: str, tree, prefix: tuple[str, ...] = ()) -> dict[tuple, tupl
     return flat
 
 
-@functools.lru_cache(maxsize=64)
+# model -> what `_variable_shapes` returns; a few models at a time.
+_SHAPES: dict = {}
+
+
+def remember_variables(model, variables) -> None:
+    """Records what `model.init` just returned as the model's variables, so that the first
+    `check_variables` of this model traces nothing."""
+    if model not in _SHAPES:
+        _store(model, variables)
+
+
+def _store(model, variables):
+    if len(_SHAPES) >= 64:
+        _SHAPES.clear()
+    variables = flax.core.unfreeze(variables)
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    entry = (_flatten("model.init", variables), treedef, [tuple(leaf.shape) for leaf in leaves])
+    _SHAPES[model] = entry
+    return entry
+
+
 def _variable_shapes(model) -> tuple[dict, jax.tree_util.PyTreeDef, list[tuple]]:
-    """{path: shape} of `model.init`'s variables, traced abstractly on one example; the
-    treedef of those variables as plain nested dicts, and the shapes of its leaves."""
+    """{path: shape} of `model.init`'s variables (traced abstractly on one example, unless
+    `remember_variables` saw them); the treedef of those variables as plain nested dicts,
+    and the shapes of its leaves."""
+    if model in _SHAPES:
+        return _SHAPES[model]
     x = jax.ShapeDtypeStruct((1, *model.event_shape), np.int32)
     labels = jax.ShapeDtypeStruct((1,), np.int32) if model.num_classes else None
     cond = None
@@ -241,7 +263,4 @@ def _variable_shapes(model) -> tuple[dict, jax.tree_util.PyTreeDef, list[tuple]]
         shapes = jax.eval_shape(
             lambda x, labels, cond: model.init({"params": key, "dropout": key}, x, labels, cond),
             x, labels, cond)
-    shapes = flax.core.unfreeze(shapes)
-    flat = _flatten("model.init", shapes)
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    return flat, treedef, [tuple(leaf.shape) for leaf in leaves]
+    return _store(model, shapes)
