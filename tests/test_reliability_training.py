@@ -130,7 +130,7 @@ def test_a_refused_run_leaves_no_workdir_lock_or_index(tmp_path):
                num_train=None, num_test=None)
     with pytest.raises(train.BadInput, match="no_such_folder"):
         train.train_and_evaluate(smoke(**bad), tmp_path / "new" / "run")
-    assert not (tmp_path / "new" / "run").exists()
+    assert not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")

@@ -587,10 +587,13 @@ def signal_name(signum: int) -> str:
 
 def _new_run_files(workdir) -> list[pathlib.Path]:
     """The paths a refused run must not leave behind that do not exist yet: the workdir
-    itself, else its lock and folder index."""
-    workdir = pathlib.Path(workdir)
+    (or its highest missing parent), else its lock and folder index."""
+    workdir = pathlib.Path(workdir).absolute()
     if not workdir.exists():
-        return [workdir]
+        top = workdir
+        while not top.parent.exists():
+            top = top.parent
+        return [top]
     candidates = (workdir / workdir_lock.LOCK_NAME, workdir / image_folder.INDEX_FILE)
     return [p for p in candidates if not p.exists()]
 
