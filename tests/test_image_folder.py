@@ -12,7 +12,8 @@ from PIL import Image
 
 import jaxar
 from jaxar import data
-from jaxar.data import image_folder, images
+from jaxar.data import image_folder
+from jaxar.data.images import read_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("emerald", "ruby")
@@ -164,7 +165,7 @@ def eager_splits(root: pathlib.Path, shape, test_fraction, readable):
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*.png") if readable(p))
     files.sort(key=lambda f: hashlib.sha1(f.encode()).digest()[:8])
     num_test = max(1, round(len(files) * test_fraction))
-    decode = lambda names: np.stack([images.read_image(root / f, shape) for f in names])
+    decode = lambda names: np.stack([read_image(root / f, shape) for f in names])
     return decode(files[num_test:]), decode(files[:num_test])
 
 
