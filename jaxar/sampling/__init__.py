@@ -54,7 +54,6 @@ def sample(
     if not model.autoregressive:
         raise ValueError(f"model: {type(model).__name__} is not an autoregressive model and "
                          "has no sampler (sample a prior over its codes instead)")
-    common.check_variables(model, variables)
     num_samples = common.check_count("num_samples", num_samples)
     common.check_temperature(temperature)
     for name, value in (("known", known), ("known_mask", known_mask)):
@@ -65,6 +64,8 @@ def sample(
     common.check_labels(model, labels, num_samples)
     common.check_cond(model, cond, num_samples)
     known, known_mask = _check_completion(model, num_samples, known, known_mask)
+    # Last: the cheap checks of the arguments come before tracing the model's init.
+    common.check_variables(model, variables)
     temperature = jnp.float32(temperature)
     if method == "auto":
         method = "cached" if has_decoder(model) else "naive"
