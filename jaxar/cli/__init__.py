@@ -1,1 +1,35 @@
-"""Command-line entry points: `jaxar-train` (`cli.train`) and `jaxar-sample` (`cli.sample`)."""
+"""Command-line entry points: `jaxar-train` (`cli.train`), `jaxar-sample` (`cli.sample`),
+`jaxar-eval` (`cli.evaluate`), `jaxar-import` (`cli.import_weights`) and `jaxar-compress`
+/ `jaxar-decompress` (`cli.compress`).
+
+Every command's `--help` lists its flags, one line each, and the examples at the top of
+its module docstring, and exits 0; bad input is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def examples(doc: str) -> str:
+    """The example command lines of a CLI module's docstring (its indented lines, with
+    their continuations), as the `--help` epilog."""
+    lines = [line for line in doc.splitlines() if line.startswith("  ") and line.strip()]
+    return "examples:\n" + "\n".join(lines) if lines else ""
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    # Wide enough that each flag's help is one line; the examples keep their layout.
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=120)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block; exit code 2) and, in `--help`, the
+    module docstring's first line as description and its examples as epilog."""
+
+    def __init__(self, prog: str, doc: str, **kwargs):
+        super().__init__(prog=prog, description=doc.strip().split("\n")[0],
+                         epilog=examples(doc), formatter_class=_formatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")

@@ -26,20 +26,12 @@ import sys
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from experiments import base
-from jaxar import compilation_cache
+from jaxar import cli, compilation_cache, settings
 from jaxar.training import evaluate, sharding
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage block), exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="jaxar-eval", description=__doc__.split("\n")[0])
+    p = cli.Parser("jaxar-eval", __doc__)
     p.add_argument("--workdir", required=True, help="training run directory")
     p.add_argument("--split", default="test", help=f"one of {evaluate.SPLITS}")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -63,7 +55,7 @@ def parse_overrides(args: list[str]) -> dict:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
     if not args:
         return {}
-    schema = base.get_base_config()
+    schema = settings.base_config()
     argv = ["jaxar-eval", *args]
     values = flags.FlagValues()
     try:

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxar import compilation_cache, data, files, sampling
+from jaxar import cli, compilation_cache, data, files, sampling, settings
 from jaxar.data import images
 from jaxar.training import checkpoint, latent, reporting
 
@@ -52,7 +52,7 @@ _GRID_SCALE = 4
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxar-sample", description=__doc__.split("\n")[0])
+    p = cli.Parser("jaxar-sample", __doc__)
     p.add_argument("--workdir", required=True, help="training run directory")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=int, default=16, help="samples (or completions per image)")
@@ -61,9 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--labels", default=None,
                    help="class labels: 'all' (cycle over classes) or comma-separated ints")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--method", default="auto", choices=sampling.METHODS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature (1: the model)")
+    p.add_argument("--method", default="auto", choices=sampling.METHODS,
+                   help="how to sample; every method draws the same samples")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     p.add_argument("--complete", default=None, help="image file or test-set index to complete")
     p.add_argument("--keep", default=None,
                    help="rows:N, cols:N or a mask PNG (default: rows:HEIGHT/2, the top half)")
@@ -90,7 +92,7 @@ def parse_labels(spec: str | None, model, num: int):
 
 
 def _image_shape(cfg, model) -> tuple[int, int, int]:
-    shape = tuple(cfg.data.get("image_shape", None) or model.event_shape)
+    shape = tuple(settings.DataSettings.of(cfg.data).image_shape or model.event_shape)
     if len(shape) != 3:
         raise ValueError(f"--complete needs an image model, this one has event shape {shape}")
     return shape
@@ -244,7 +246,7 @@ def run(args) -> str:
     if args.top is not None:
         return run_latent(args)
     cfg, model, variables, step = checkpoint.load_run(args.workdir, args.step)
-    image_shape = cfg.data.get("image_shape", None)
+    image_shape = settings.DataSettings.of(cfg.data).image_shape
     check_grid_size(args.num, model.event_shape, image_shape, args.complete is not None)
     key = jax.random.key(args.seed)
     labels = parse_labels(args.labels, model, args.num)

@@ -1,7 +1,11 @@
-"""Command line: flags only, then `train_and_evaluate`.
+"""Trains an experiment config in a workdir: the `jaxar-train` command.
 
-  python -m jaxar.cli.train --config experiments/pixelcnn_mnist.py[:variant] --workdir runs/x \
-      [--config.train.num_steps=2000 ...]
+  jaxar-train --config experiments/pixelcnn_mnist.py --workdir runs/pixelcnn_mnist
+  jaxar-train --config experiments/pixelcnn_pp_cifar10.py:smoke --workdir runs/pp_smoke
+  jaxar-train --config experiments/pixelcnn_mnist.py --workdir runs/x --config.train.num_steps=500
+
+Also `python -m jaxar.cli.train` with the same flags; `--config.KEY=VALUE` overrides any
+key of the config.
 
 Re-running the same command resumes from the workdir's latest checkpoint (a changed
 batch size or data section is refused; `--start_over` trains from step 0 instead, the
@@ -28,7 +32,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxar import compilation_cache
+from jaxar import cli, compilation_cache
 from jaxar.config import load_config
 from jaxar.training import checkpoint, preemption, sharding, train
 
@@ -38,9 +42,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
-    "Multi-process start-up: 'auto' calls jax.distributed.initialize() on a Cloud TPU VM or "
-    "in a SLURM step of several tasks; 'on' always (JAX reads the cluster from the "
-    "environment); 'off' never. Ignored when --coordinator_address is given.",
+    # 'auto' calls jax.distributed.initialize() on a Cloud TPU VM or in a SLURM step of
+    # several tasks; 'on' always (JAX reads the cluster from the environment); 'off' never.
+    "Multi-process start-up: auto (Cloud TPU VM, SLURM step of several tasks), on, off; "
+    "ignored when --coordinator_address is given.",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for an explicit multi-process run."
@@ -49,8 +54,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit).")
 _START_OVER = flags.DEFINE_bool(
     "start_over", False,
-    "Train from step 0 even if the workdir holds a run (of this or of another config or "
-    "data): its checkpoints are moved aside to checkpoints/previous-<step> first.",
+    # A workdir of this or of another config or data: its checkpoints are moved aside to
+    # checkpoints/previous-<step> first.
+    "Train from step 0 in a workdir that holds a run, moving its checkpoints aside.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -77,8 +83,25 @@ def _check_config_file(argv) -> None:
                     _fail(f"--config: {err}")
 
 
+def _help() -> str:
+    """`--help`: this module's flags, one line each, and the docstring's examples (absl's
+    own help lists the flags of the console script's wrapper module, which has none)."""
+    lines = ["usage: jaxar-train --config FILE.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]"
+             " [flags]", "", __doc__.strip().split("\n")[0], "", "flags:"]
+    for flag in sorted(flags.FLAGS.get_flags_for_module(sys.modules[__name__]),
+                       key=lambda f: f.name):
+        lines.append(f"  --{flag.name:<22}{' '.join(flag.help.split())}")
+    lines.append(f"  --{'config.KEY=VALUE':<22}override any key of the config, e.g. "
+                 "--config.train.num_steps=2000")
+    lines += ["", cli.examples(__doc__), "", "--helpfull lists absl's own flags too."]
+    return "\n".join(lines)
+
+
 def _parse_flags(argv):
     """absl flag parsing, which also loads the config file and applies its overrides."""
+    if any(arg in ("-h", "--help", "-help", "--helpshort") for arg in argv[1:]):
+        print(_help())
+        sys.exit(0)
     _check_config_file(argv)
     try:
         argv = flags.FLAGS(argv)
