@@ -479,7 +479,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     `start_over` trains from step 0 even where the workdir holds a run (of this or of
     another config or data): its checkpoints are moved aside to
     `checkpoints/previous-<step>` first. Without it, a run whose saved data section
-    or batch size differs from `cfg`'s is refused (BadInput).
+    or batch size differs from `cfg`'s is refused (BadInput), unless its checkpoint
+    holds no data position (`FRESH_DATA`: imported weights, fine-tuned on any data).
 
     SIGTERM or SIGINT (`jaxar.training.preemption`) ends the run after the step in
     flight with a checkpoint of that step, then raises Preempted.
@@ -516,7 +517,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
             _check_served_cond(model, train_iter.split)
             ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_checkpoints)
             restored = None if start_over else ckpt.restore_latest(trainer.abstract_state)
-            if restored is not None:
+            if restored is not None and restored.data != FRESH_DATA:
                 _check_resumable(cfg, restored, ckpt.directory)
                 train_iter.set_state(restored.data)
         except ValueError as err:
@@ -628,6 +629,11 @@ def _check_served_cond(model, split) -> None:
         raise ValueError(f"model.cond_levels={model.cond_levels} must equal the codebook size "
                          f"{split.source.levels} of the code maps {split.name} serves as cond")
 
+
+# The data position saved with a state whose run has read no data yet (imported weights,
+# `jaxar-import`): a run resuming it reads its data from the start, whatever data and
+# batch size it is given, as a new run does; its own checkpoints hold grain's position.
+FRESH_DATA: dict = {}
 
 # data keys that do not choose the training examples or their order: free on resume.
 _DATA_KEYS_FREE_ON_RESUME = ("num_workers", "prefetch", "tfds_dir", "image_shape", "num_test")
