@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import jaxar
-from jaxar import config, models, tf_checkpoint
+from jaxar import config, data, models, tf_checkpoint
+from jaxar.cli import evaluate as evaluate_cli
 from jaxar.cli import import_weights
 from jaxar.models import released
-from jaxar.training import checkpoint
+from jaxar.training import checkpoint, train
 
 DATA = pathlib.Path(__file__).parent / "data" / "original_checkpoints"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -182,9 +184,9 @@ def test_import_cli_refuses_bad_input_writing_nothing(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
 
 
-def test_import_cli_end_to_end(tmp_path):
-    folder = "neocxi_pixelsnail"
-    config_file = tmp_path / "fixture_config.py"
+def fixture_config_file(folder, where: pathlib.Path) -> pathlib.Path:
+    """A config file of the fixture's size (what a user's --config would be)."""
+    config_file = where / "fixture_config.py"
     spec, sizes = FIXTURES[folder]
     config_file.write_text(
         "from jaxar.config import load_config\n"
@@ -193,6 +195,12 @@ def test_import_cli_end_to_end(tmp_path):
         "    cfg.data.shape = (8, 8, 3)\n"
         f"    cfg.model.update({sizes!r})\n"
         "    return cfg\n")
+    return config_file
+
+
+def test_import_cli_end_to_end(tmp_path):
+    folder = "neocxi_pixelsnail"
+    config_file = fixture_config_file(folder, tmp_path)
     workdir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "jaxar.cli.import_weights", "neocxi-pixelsnail",
@@ -208,3 +216,74 @@ def test_import_cli_end_to_end(tmp_path):
     ref = np.load(DATA / folder / "reference.npz")
     np.testing.assert_allclose(nll_nats(model, variables, ref["x"]), ref["nll_ema_nats"],
                                rtol=1e-5)
+
+
+def test_fine_tuning_an_imported_workdir_starts_from_the_imported_params(tmp_path):
+    """jaxar-train on an imported workdir, on other data and another batch size, read by
+    a grain worker process: the run starts from the imported params (its first step's
+    loss is theirs) and reads its data from the start."""
+    folder = "openai_pixelcnn_pp"
+    config_file = fixture_config_file(folder, tmp_path)
+    workdir = tmp_path / "run"
+    import_weights.import_weights("openai-pixelcnn-pp", DATA / folder / "params_cifar.ckpt",
+                                  workdir, str(config_file))
+    # One batch is the whole training set: the first step's mean loss does not depend on
+    # the order grain's shuffle reads it in. (6 examples: the shape log_prob was compiled
+    # for by the tests above.)
+    overrides = ["--config.data.source=synthetic", "--config.data.name=random",
+                 "--config.data.num_train=6", "--config.data.num_test=2",
+                 "--config.data.num_workers=1", "--config.train.batch_size=6",
+                 "--config.train.num_steps=2", "--config.train.log_every_steps=1",
+                 "--config.train.num_samples=1", "--config.eval.batch_size=2",
+                 "--config.model.dropout_rate=0.0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxar.cli.train", "--config", str(config_file),
+         "--workdir", str(workdir), *overrides],
+        capture_output=True, text=True, cwd=tmp_path, env=os.environ, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from the checkpoint at step 0" in result.stdout
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["step"] == 1 and "train/bpd" in r)
+    cfg = checkpoint.read_run_config(workdir)  # the fine-tuning run's
+    assert (cfg.data.source, cfg.train.batch_size) == ("synthetic", 6)
+    train_split, _ = data.load_splits(cfg)
+    x = jnp.asarray(train_split.get(np.arange(6))["x"], jnp.int32)
+    model, variables = imported(folder)
+    expected = float(np.mean(jaxar.bits_per_dim(model, variables, x)))
+    np.testing.assert_allclose(first["train/bpd"], expected, rtol=1e-5)
+    _, _, tuned, step = checkpoint.load_run(workdir, params="raw")
+    assert step == 2
+    assert float(np.mean(jaxar.bits_per_dim(model, tuned, x))) < expected
+    # The import saved no data position (train.FRESH_DATA); the run's own checkpoint
+    # holds grain's (the "data" item, JSON).
+    position = lambda step: json.loads((workdir / "checkpoints" / step / "data" /
+                                        "metadata").read_text())
+    assert position("0") == train.FRESH_DATA
+    assert set(position("2")) == {"grain"}
+
+
+def test_eval_cli_reports_the_mean_bits_per_dim_of_the_fixture_images(tmp_path, capsys):
+    """jaxar-eval on the fixture's images as PNG files: every image is in one of the image
+    folder's two splits; together they score the original code's mean NLL."""
+    folder = "openai_pixelcnn_pp"
+    workdir = tmp_path / "run"
+    import_weights.import_weights("openai-pixelcnn-pp", DATA / folder / "params_cifar.ckpt",
+                                  workdir, str(fixture_config_file(folder, tmp_path)))
+    ref = np.load(DATA / folder / "reference.npz")
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, image in enumerate(ref["x"]):
+        Image.fromarray(image).save(images / f"{k}.png")
+    found = {}
+    for split in ("train", "test"):
+        evaluate_cli.main(["--workdir", str(workdir), "--split", split, "--no_progress",
+                           "--out", str(tmp_path / f"{split}.json"),
+                           "--config.data.source=folder", f"--config.data.path={images}"])
+        out = capsys.readouterr().out
+        assert re.search(r"step 0: \d examples, \d+\.\d{4} bits/dim", out), out
+        found[split] = json.loads((tmp_path / f"{split}.json").read_text())
+    counts = [found[s]["examples"] for s in ("train", "test")]
+    assert sum(counts) == len(ref["x"]) and min(counts) >= 1
+    mean_bpd = sum(found[s]["examples"] * found[s]["bits_per_dim"] for s in found) / sum(counts)
+    expected = np.mean(ref["nll_ema_nats"]) / (np.log(2) * 8 * 8 * 3)
+    np.testing.assert_allclose(mean_bpd, expected, rtol=1e-5)

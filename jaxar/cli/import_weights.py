@@ -8,7 +8,10 @@ The checkpoint is a V1 file or a V2 prefix (`jaxar.tf_checkpoint`). Its Polyak a
 (what the original code evaluated and sampled with) become both the params and the EMA
 params of a step-0 train state, saved with the trainer's checkpointer beside the
 config (`config.json`), so `jaxar-sample`, `jaxar-eval`, `checkpoint.load_run` and
-`jaxar-train` (fine-tuning) read the workdir like any run's. The config is the
+`jaxar-train` read the workdir like any run's. Its data position is `train.FRESH_DATA`
+(no data read yet): `jaxar-train --config <the same config> --workdir <it>` with any
+`--config.data.*` and `--config.train.batch_size` fine-tunes from the released weights,
+reading its data from the start. The config is the
 source's released one (`experiments/pixelcnn_pp_cifar10.py:paper`; for PixelSNAIL
 `experiments/pixelsnail_cifar10.py:paper` or `:imagenet32`, whichever the shapes
 fit), or `--config path.py[:variant]`; every tensor's shape is checked against it
@@ -113,8 +116,8 @@ def import_weights(source: str, path, workdir, config_spec: str | None = None) -
     try:
         ckpt_writer = checkpoint.Checkpointer(staging, max_to_keep=1)
         try:
-            # The data position of a new run (grain's, in-process reading).
-            ckpt_writer.save(0, state, {"grain": {"next_index": 0}}, cfg)
+            # No data read yet: fine-tuning (jaxar-train) reads its data from the start.
+            ckpt_writer.save(0, state, train.FRESH_DATA, cfg)
         finally:
             ckpt_writer.close()
         files.write_text(staging / "config.json", cfg.to_json_best_effort(indent=2))
