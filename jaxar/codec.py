@@ -56,6 +56,8 @@ from jaxar.models import common
 from jaxar.sampling import loop
 
 MAGIC = b"JXAR"
+_OTHER_FLOATS = ("this machine computes other probabilities than the one that compressed "
+                 "the data (another jax version or device?)")
 FORMAT_VERSION = 1
 DEFAULT_BATCH_SIZE = 256
 _FLAG_LABELS = 1
@@ -72,7 +74,7 @@ def compress(model, variables, x, labels=None, cond=None, *, batch_size: int | N
       file (uniformly: log2(num_classes) bits per example).
     batch_size: examples coded together (default: min(N, 256)); more is faster per
       example, and the file records it (the decoder runs the same batch shape).
-    progress: a progress bar on stderr.
+    progress: a progress bar on stderr when it is a terminal.
     """
     x, labels, cond = _check(model, x, labels, cond)
     num = x.shape[0]
@@ -98,8 +100,9 @@ def decompress(model, variables, data: bytes, labels=None, cond=None, *,
 
     A ValueError, before anything is decoded, for a file that is not a jaxar file, of
     another format version, corrupt or truncated, written with another model, or with
-    other labels / conditioning map; and after decoding if the result fails the file's
-    checksum of the original examples (another platform computed other probabilities).
+    other labels / conditioning map; and while or after decoding if this machine computes
+    other probabilities than the compressing one (the stream then reaches a dead end, or
+    the result fails the file's checksum of the original examples).
     """
     head = _read_header(model, variables, data)
     num, batch = head["num"], head["batch"]
@@ -120,10 +123,7 @@ def decompress(model, variables, data: bytes, labels=None, cond=None, *,
     _run_batches(model, variables, num, batch, labels, cond, session, progress)
     x = session.x.reshape(x_shape)
     if _crc(x) != head["data_crc"]:
-        raise ValueError(
-            "data: the decoded examples fail the file's checksum: this machine computes "
-            "other probabilities than the one that compressed it (another jax version or "
-            "device?)")
+        raise ValueError(f"data: the decoded examples fail the file's checksum: {_OTHER_FLOATS}")
     return x
 
 
@@ -265,7 +265,10 @@ class _Decoder(_Session):
         self.coder, self.x = coder, np.zeros((num, dims), np.int32)
 
     def values(self, dim, probs):
-        symbols = self.coder.decode(_CATEGORICAL, probs)
+        try:
+            symbols = self.coder.decode(_CATEGORICAL, probs)
+        except AssertionError:  # constriction: the stream cannot come from these probabilities
+            raise ValueError(f"data: decoding failed: {_OTHER_FLOATS}") from None
         self.x[self.start: self.start + self.valid, dim] = symbols
         return symbols
 
@@ -281,7 +284,8 @@ def _run_batches(model, variables, num, batch, labels, cond, session, progress) 
         _SESSIONS[session_id] = session
     num_batches = -(-num // batch)
     dims = int(np.prod(model.event_shape))
-    session.bar = tqdm(total=num_batches * dims, unit="step", disable=not progress,
+    # progress: a bar on a terminal only (disable=None), cleared when done.
+    session.bar = tqdm(total=num_batches * dims, unit="step", disable=None if progress else True,
                        file=sys.stderr, leave=False)
     zeros = jnp.zeros((batch, *model.event_shape), jnp.int32)
     try:

@@ -190,6 +190,21 @@ def test_a_wrong_decoder_result_is_refused(coded, monkeypatch):
     _refused(coded, bytes(head) + struct.pack("<I", crc) + payload, "fail the file's checksum")
 
 
+def test_other_probabilities_are_refused(coded, monkeypatch):
+    """Where decoding computes other probabilities than encoding (here: other parameters
+    behind an equal fingerprint) the stream decodes into a dead end or other data: a
+    ValueError either way, never wrong examples."""
+    model, variables, _, data = coded
+    monkeypatch.setattr(codec, "model_fingerprint", lambda *args: b"12345678")
+    head = bytearray(data[:codec.HEADER_BYTES - 4])
+    head[6:14] = b"12345678"
+    payload = data[codec.HEADER_BYTES:]
+    data = bytes(head) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(bytes(head)))) + payload
+    for scale in (1.5, -1.0, 3.0):
+        other = jax.tree.map(lambda a, scale=scale: a * scale, variables)
+        _refused(coded, data, "other probabilities", variables=other)
+
+
 def test_inputs_are_checked(coded):
     model, variables, x, _ = coded
     with pytest.raises(ValueError, match=r"x values must lie in \[0, 4\)"):
