@@ -1,78 +1,15 @@
 """Defaults shared by every experiment; each experiment file overrides what it needs."""
 
 import ml_collections
-from ml_collections import config_dict
+
+from jaxar import settings
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict()
-    cfg.seed = 0
-
-    cfg.model = ml_collections.ConfigDict()
-    cfg.model.name = ""
-    cfg.model.num_classes = 0  # 0: unconditional; > 0: class-conditional
-    cfg.model.ordering = "raster"
-
-    cfg.data = ml_collections.ConfigDict()
-    cfg.data.source = "embedded"  # embedded | tfds | folder | synthetic | codes (+ audio)
-    cfg.data.name = "mnist"
-    cfg.data.shape = (28, 28, 1)
-    cfg.data.num_levels = 2  # 8-bit pixels are reduced as x * num_levels // 256
-    cfg.data.tfds_dir = config_dict.placeholder(str)
-    cfg.data.num_train = config_dict.placeholder(int)  # use only the first N examples
-    cfg.data.num_test = config_dict.placeholder(int)
-    # data.source="folder": the image folder (jaxar/data/image_folder.py); "codes": the
-    # workdir of a trained VQ-VAE run, whose "top" or "bottom" code maps data.level picks.
-    cfg.data.path = ""
-    cfg.data.level = "top"
-    cfg.data.labels_from_subfolders = False
-    cfg.data.test_fraction = 0.1
-    # Label classes of data.source="synthetic" (0: no labels); other sources declare theirs.
-    cfg.data.num_classes = 0
-    # How sample grids show an event, e.g. (28, 28, 1) for sequences of 784; None: as is.
-    cfg.data.image_shape = config_dict.placeholder(tuple)
-    # grain worker processes reading training batches (0: in this process); None: 0 on
-    # CPU, else half the host's cores, at most 8. Each reads data.prefetch batches ahead.
-    cfg.data.num_workers = config_dict.placeholder(int)
-    cfg.data.prefetch = 2
-
-    cfg.train = ml_collections.ConfigDict()
-    cfg.train.num_steps = 1000
-    cfg.train.batch_size = 64  # global, split over all devices and hosts
-    cfg.train.learning_rate = 1e-3
-    cfg.train.lr_decay = 1.0  # multiplied into the learning rate every step
-    cfg.train.b1 = 0.9
-    cfg.train.b2 = 0.999
-    cfg.train.grad_clip = 1.0  # global-norm clipping; <= 0 disables it
-    cfg.train.ema_decay = 0.999  # Polyak averaging of the params used for eval and samples
-    cfg.train.init_batch_size = 16  # examples for (data-dependent) initialization
-    cfg.train.log_every_steps = 50
-    cfg.train.eval_every_steps = 500
-    cfg.train.checkpoint_every_steps = 500
-    cfg.train.sample_every_steps = 1000
-    cfg.train.num_samples = 16
-    cfg.train.max_checkpoints = 3
-    # Micro-batches per step: the global batch is cut into this many pieces whose
-    # gradients are averaged, for batches larger than the devices' memory.
-    cfg.train.grad_accum_steps = 1
-    # "bfloat16": the network computes in bf16 on float32 params and optimizer
-    # state; likelihoods and evaluation stay float32.
-    cfg.train.compute_dtype = "float32"
-    # Divergence guard: training stops when the loss exceeds this many bits/dim (inf: never);
-    # None: 8 x log2(data.num_levels), eight times a uniform model's loss.
-    cfg.train.max_bpd = config_dict.placeholder(float)
-
-    # Devices as a (data, fsdp) mesh; -1 takes all the devices left. The batch is split
-    # over every device; fsdp > 1 also splits params and optimizer state (leaves of at
-    # least fsdp_min_size elements) over the fsdp axis, for models too large to replicate.
-    cfg.mesh = ml_collections.ConfigDict()
-    cfg.mesh.data = -1
-    cfg.mesh.fsdp = 1
-    cfg.mesh.fsdp_min_size = 2**14
-
-    cfg.eval = ml_collections.ConfigDict()
-    cfg.eval.batch_size = 256  # global; rounded up to a multiple of the devices
-    cfg.eval.ensemble_masks = 1  # MADE: average p(x) over this many mask sets at test time
+    """Every setting at its default (`jaxar.settings`, where each is documented), but
+    evaluation in batches of 256 (no gradients: larger than most training batches)."""
+    cfg = settings.base_config()
+    cfg.eval.batch_size = 256
     return cfg
 
 

@@ -1,11 +1,12 @@
 """Experiment configs: loading `path/to/experiment.py[:variant]`, and validating one.
 
-`validate(cfg)` is strict: the keys of `experiments/base.py:get_base_config()` are the
+`validate(cfg)` is strict: the keys of `jaxar.settings.base_config()` are the
 schema of every section but `model` (whose keys are the chosen model's fields, see
 `jaxar.models.configs`), so an unknown key is a ValueError that names it, lists the
 valid ones and asks "did you mean" when one is close; then every value is checked for
 its type, its range and its relations to others, before anything is compiled or
-written. Keys a config leaves out take the code's defaults.
+written. Keys a config leaves out take their defaults (`jaxar.settings`). Validation
+only checks: the code reads the typed `jaxar.settings.Settings.of(cfg)`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,9 @@ import pathlib
 
 import ml_collections
 
-from experiments import base
-from jaxar import models
+from jaxar import models, settings
 from jaxar.data import pipeline
 from jaxar.models import configs
-
-# The names of `jaxar.training.precision.COMPUTE_DTYPES` (a module of a higher rank than
-# this one, see tests/test_imports.py; tests/test_config.py keeps the two equal).
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -73,11 +69,8 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
-# data keys read by one data.source only: any other value than the base config's is
-# refused with another source. (data.num_classes, read by "synthetic", must match the
-# classes other sources declare: `jaxar.data.create_datasets` checks it.)
-_SOURCE_KEYS = {"path": ("folder", "codes"), "labels_from_subfolders": ("folder",),
-                "test_fraction": ("folder",), "tfds_dir": ("tfds",), "level": ("codes",)}
+# data.num_classes, read by "synthetic", must match the classes other sources declare:
+# `jaxar.data.create_datasets` checks it.
 _EVERY_STEPS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "sample_every_steps")
 _MISSING = object()
@@ -92,7 +85,7 @@ def validate(cfg: ml_collections.ConfigDict, workdir=None) -> None:
     """
     if isinstance(workdir, str) and not workdir.strip():
         raise ValueError("--workdir must name a directory, got an empty path")
-    schema = base.get_base_config()
+    schema = settings.base_config()
     _check_keys("", cfg, schema)
     for section in ("data", "train", "eval", "mesh"):
         if section in cfg:
@@ -108,10 +101,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir=None) -> None:
     for key in ("batch_size", "ensemble_masks"):
         _check_int(f"eval.{key}", get(f"eval.{key}"), 1, none_ok=key == "batch_size")
     for key in ("data", "fsdp"):
-        value = get(f"mesh.{key}")
-        if value is not _MISSING and (not _is_int(value) or (value < 1 and value != -1)):
-            raise ValueError(f"mesh.{key} must be a positive int or -1 (all devices), got "
-                             f"{value!r}")
+        if get(f"mesh.{key}") is not _MISSING:
+            settings.check_mesh_size(key, get(f"mesh.{key}"))
     _check_int("mesh.fsdp_min_size", get("mesh.fsdp_min_size"), 0)
     if "model" in cfg:
         model = models.build_model(cfg)
@@ -138,13 +129,13 @@ def _check_type(name: str, value, schema, key: str) -> None:
     """`value` must have the type of the base config's `key` (None: only for placeholders)."""
     kind = schema.get_type(key)
     if value is None:
-        if schema[key] is None or name == "eval.batch_size":  # unset: the code's default
+        if schema[key] is None:  # unset: the default (`jaxar.settings`)
             return
         raise ValueError(f"{name} must be set, got None")
     ok = {
         bool: lambda v: isinstance(v, bool),
-        int: _is_int,
-        float: lambda v: _is_int(v) or isinstance(v, float),
+        int: settings.is_int,
+        float: lambda v: settings.is_int(v) or isinstance(v, float),
         str: lambda v: isinstance(v, str),
         tuple: lambda v: isinstance(v, tuple | list),
     }.get(kind, lambda v: True)
@@ -162,14 +153,12 @@ def _lookup(cfg, dotted: str):
     return node
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value, low: int, none_ok: bool = False) -> None:
     if value is _MISSING or (none_ok and value is None):
         return
-    if not _is_int(value) or value < low:
+    if not settings.is_int(value) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
@@ -177,7 +166,7 @@ def _check_real(name: str, value, low, high, *, low_open=False, high_open=False)
     """A finite number with `low <= value <= high` (strict on an open side; None: no bound)."""
     if value is _MISSING:
         return
-    ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    ok = (settings.is_int(value) or isinstance(value, float)) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -201,21 +190,15 @@ def _check_train(get) -> None:
     for key in ("b1", "b2", "ema_decay"):
         _check_real(f"train.{key}", get(f"train.{key}"), 0, 1, high_open=True)
     _check_real("train.grad_clip", get("train.grad_clip"), None, None)
-    max_bpd = get("train.max_bpd")  # None: the trainer's default; inf: no limit
-    if max_bpd not in (None, _MISSING) and not (
-            (_is_int(max_bpd) or isinstance(max_bpd, float)) and max_bpd > 0):
-        raise ValueError(f"train.max_bpd must be a number > 0 (inf: no limit) or None, "
-                         f"got {max_bpd!r}")
+    if get("train.max_bpd") is not _MISSING:
+        settings.check_max_bpd(get("train.max_bpd"))
     batch, accum = get("train.batch_size"), get("train.grad_accum_steps")
     if batch is not _MISSING and accum is not _MISSING and batch % accum:
         raise ValueError(
             f"train.batch_size={batch} must be divisible by train.grad_accum_steps={accum}"
         )
-    dtype = get("train.compute_dtype")
-    if dtype is not _MISSING and dtype not in COMPUTE_DTYPES:
-        raise ValueError(
-            f"train.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {dtype!r}"
-        )
+    if get("train.compute_dtype") is not _MISSING:
+        settings.check_compute_dtype(get("train.compute_dtype"))
 
 
 def _check_data(cfg, get) -> None:
@@ -225,7 +208,7 @@ def _check_data(cfg, get) -> None:
     shape = get("data.shape")
     if shape is not _MISSING and (
             not isinstance(shape, tuple | list) or not shape
-            or not all(_is_int(d) and d > 0 for d in shape)):
+            or not all(settings.is_int(d) and d > 0 for d in shape)):
         raise ValueError(f"data.shape must be a non-empty tuple of positive ints, got {shape!r}")
     _check_int("data.num_levels", get("data.num_levels"), 2)
     for key in ("num_train", "num_test"):
@@ -235,11 +218,11 @@ def _check_data(cfg, get) -> None:
     _check_int("data.prefetch", get("data.prefetch"), 1)
     _check_real("data.test_fraction", get("data.test_fraction"), 0, 1, low_open=True,
                 high_open=True)
-    defaults = base.get_base_config().data
-    for key, only in _SOURCE_KEYS.items():
+    defaults = settings.DataSettings()
+    for key, only in settings.SOURCE_KEYS.items():
         value = get(f"data.{key}")
         if source is not _MISSING and value is not _MISSING and source not in only \
-                and value != defaults[key]:
+                and value != getattr(defaults, key):
             readers = " or ".join(repr(o) for o in only)
             raise ValueError(
                 f"data.{key} is read only with data.source={readers}, got data.{key}={value!r} "
@@ -248,7 +231,7 @@ def _check_data(cfg, get) -> None:
     image_shape = get("data.image_shape")
     shown = shape if image_shape in (None, _MISSING) else image_shape
     if image_shape not in (None, _MISSING) and shape is not _MISSING and (
-            not all(_is_int(d) and d > 0 for d in image_shape)
+            not all(settings.is_int(d) and d > 0 for d in image_shape)
             or math.prod(image_shape) != math.prod(shape)):
         raise ValueError(
             f"data.image_shape must be positive ints with as many elements as data.shape "

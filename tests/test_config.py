@@ -11,7 +11,7 @@ from model_checks import tiny_config
 
 import jaxar
 from experiments import base
-from jaxar import config, data
+from jaxar import config, data, settings
 from jaxar.data import pipeline
 from jaxar.models import REGISTRY, configs, pixelcnn, wavenet
 from jaxar.training import precision
@@ -54,8 +54,8 @@ def test_every_experiment_variant_validates(path):
 def test_the_base_config_is_the_schema_of_what_jaxar_reads():
     cfg = base.get_base_config()
     assert "num_classes" in cfg.data and "image_shape" in cfg.data  # read by the pipeline
-    assert configs.SHARED_DEFAULTS == {k: cfg.model[k] for k in configs.SHARED_DEFAULTS}
-    assert config.COMPUTE_DTYPES == tuple(precision.COMPUTE_DTYPES)
+    assert settings.MODEL_SHARED == {k: cfg.model[k] for k in settings.MODEL_SHARED}
+    assert settings.COMPUTE_DTYPES == tuple(precision.COMPUTE_DTYPES)
 
 
 # -- model keys ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ RANKS = {
     "jaxar.distributions": 0,
     "jaxar.files": 0,
     "jaxar.compilation_cache": 0,
+    "jaxar.settings": 0,
     "jaxar.tf_checkpoint": 0,
     "jaxar.nn": 1,
     "jaxar.data": 1,

@@ -197,7 +197,7 @@ def test_mesh_shape_and_errors():
         sharding.mesh_shape({"data": 3, "fsdp": 1}, 8)
     with pytest.raises(ValueError, match="only one of mesh.data and mesh.fsdp"):
         sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
-    with pytest.raises(ValueError, match="mesh.fsdp=0"):
+    with pytest.raises(ValueError, match="mesh.fsdp must be a positive int or -1"):
         sharding.mesh_shape({"data": -1, "fsdp": 0}, 8)
 
 

@@ -28,7 +28,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from jaxar import codec, data, files, models
+from jaxar import codec, data, files, models, settings
 from jaxar.cli import sample
 from jaxar.training import checkpoint
 
@@ -60,7 +60,7 @@ def _decompress_parser() -> argparse.ArgumentParser:
 
 
 def _image_shape(cfg, model) -> tuple[int, int, int]:
-    shape = tuple(cfg.data.get("image_shape", None) or model.event_shape)
+    shape = tuple(settings.DataSettings.of(cfg.data).image_shape or model.event_shape)
     if len(shape) != 3 or shape[-1] not in (1, 3):
         raise ValueError(f"this run's model does not model grey or RGB images (event shape "
                          f"{tuple(model.event_shape)})")

@@ -15,6 +15,7 @@ import pathlib
 
 import numpy as np
 
+from jaxar import settings
 from jaxar.data.sources import ArraySource
 
 LEVELS = ("top", "bottom")
@@ -38,14 +39,15 @@ def read_meta(workdir) -> dict | None:
 
 def codes_source(data, split: str) -> ArraySource:
     """The "train" or "test" split of the code maps described by `cfg.data`."""
-    level = data.get("level", "top")
+    given = settings.DataSettings.of(data)
+    level = given.level
     if level not in LEVELS:
         raise ValueError(f"data.level must be one of {LEVELS}, got {level!r}")
-    path = split_file(data.get("path", ""), split)
-    meta = read_meta(data.get("path", ""))
-    if not data.get("path", "") or meta is None or not path.is_file():
+    path = split_file(given.path, split)
+    meta = read_meta(given.path)
+    if not given.path or meta is None or not path.is_file():
         raise ValueError(
-            f"data.path={data.get('path', '')!r} holds no encoded codes: it must be the "
+            f"data.path={given.path!r} holds no encoded codes: it must be the "
             f"workdir of a trained VQ-VAE run (its codes are written there when a prior "
             f"first trains on it)"
         )

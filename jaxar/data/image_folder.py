@@ -47,11 +47,11 @@ import numpy as np
 from PIL import Image
 
 from jaxar import files as output_files
+from jaxar import settings
 from jaxar.data import images
 from jaxar.data.sources import RandomAccess
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-DEFAULT_TEST_FRACTION = 0.1
 INDEX_FILE = "folder_index.json"
 # The index of each folder indexed without a workdir: {root: {relative path: entry}}.
 _MEMORY_INDEX: dict[str, dict[str, list]] = {}
@@ -90,7 +90,8 @@ class FolderSource(RandomAccess):
 def folder_source(data, split: str, workdir=None) -> FolderSource:
     """The "train" or "test" split of the folder described by the `cfg.data` ConfigDict;
     the folder's index is cached in `workdir` (see the module docstring), if given."""
-    path = data.get("path", None)
+    given = settings.DataSettings.of(data)
+    path = given.path
     if not path:
         raise ValueError("data.path must name a folder of images when data.source='folder'")
     shape = tuple(data.shape)
@@ -99,12 +100,12 @@ def folder_source(data, split: str, workdir=None) -> FolderSource:
             f"data.shape={shape} does not fit an image folder: expected (height, width, 1) "
             f"for grey or (height, width, 3) for colour images"
         )
-    fraction = data.get("test_fraction", DEFAULT_TEST_FRACTION)
+    fraction = given.test_fraction
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"data.test_fraction must lie in (0, 1), got {fraction!r}")
     root = pathlib.Path(path).resolve()
     index_file = None if workdir is None else str(pathlib.Path(workdir).resolve() / INDEX_FILE)
-    labels_from_subfolders = bool(data.get("labels_from_subfolders", False))
+    labels_from_subfolders = bool(given.labels_from_subfolders)
     splits = _load(str(root), _stamps(root), shape, labels_from_subfolders, float(fraction),
                    index_file)
     return splits[("train", "test").index(split)]

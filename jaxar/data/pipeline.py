@@ -51,6 +51,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxar import settings
 from jaxar.data import audio, codes, image_folder
 from jaxar.data.sources import ArraySource, RandomAccess
 
@@ -67,7 +68,6 @@ _TFDS_TEST_SPLITS = {name: "validation" for name in TFDS_NAMES if "imagenet" in 
 _TFDS_BINARY = ("binarized_mnist",)
 EMBEDDED_MNIST_TEST_PER_CLASS = 50
 _SYNTHETIC_SIZES = {"train": 512, "test": 128}
-PREFETCH = 2  # batches read ahead (data.prefetch), per worker process or in one thread
 # Mixed into synthetic-data seeds so they never share a stream with the shuffling
 # permutations, which use (seed, epoch). Non-zero on purpose: numpy treats trailing zero
 # entropy words as absent, so (seed, 0) and (seed,) are the same stream.
@@ -171,7 +171,8 @@ class TrainIterator:
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, process_index=None,
-                 process_count=None, num_workers: int = 0, prefetch: int = PREFETCH):
+                 process_count=None, num_workers: int = 0,
+                 prefetch: int = settings.DataSettings.prefetch):
         self.split = split
         self.global_batch_size = batch_size
         self.local_batch_size, offset = _host_share(
@@ -396,7 +397,7 @@ def _synthetic_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def _synthetic(data: ml_collections.ConfigDict, split: str, seed: int) -> ArraySource:
     """Synthetic data in [0, data.num_levels), generated from (seed, split)."""
     size = _positive_int(data, f"num_{split}", _SYNTHETIC_SIZES[split])
-    num_classes = data.get("num_classes", 0)
+    num_classes = settings.DataSettings.of(data).num_classes
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"data.num_classes={num_classes!r} must be a non-negative int")
     rng = np.random.default_rng((seed, ("train", "test").index(split), _SYNTHETIC_STREAM))
@@ -416,8 +417,8 @@ def _synthetic(data: ml_collections.ConfigDict, split: str, seed: int) -> ArrayS
 
 
 def _positive_int(data: ml_collections.ConfigDict, key: str, default: int | None) -> int | None:
-    """`data.<key>` (or default), checked to be a positive int or None."""
-    value = data.get(key, None)
+    """`data.<key>` (or default where it is None), checked to be a positive int or None."""
+    value = getattr(settings.DataSettings.of(data), key)
     value = default if value is None else value
     if value is not None and (not isinstance(value, int) or value <= 0):
         raise ValueError(f"data.{key}={value!r} must be a positive int or None")
@@ -461,9 +462,9 @@ def _load_source(cfg: ml_collections.ConfigDict, split: str, workdir) -> Any:
         return codes.codes_source(data, split)
     if data.name in audio.TFDS_NAMES:
         return audio.TfdsAudioSource(
-            data.name, split, data.get("tfds_dir", None), math.prod(data.shape)
+            data.name, split, settings.DataSettings.of(data).tfds_dir, math.prod(data.shape)
         )
-    return _tfds(data.name, split, data.get("tfds_dir", None))
+    return _tfds(data.name, split, settings.DataSettings.of(data).tfds_dir)
 
 
 def _make_split(cfg: ml_collections.ConfigDict, split: str, shape: tuple[int, ...],
@@ -505,9 +506,9 @@ def load_splits(cfg: ml_collections.ConfigDict, workdir=None) -> tuple[Split, Sp
 
 def eval_batch_size(cfg: ml_collections.ConfigDict) -> int:
     """cfg.eval.batch_size if set, else cfg.train.batch_size (both global)."""
-    eval_cfg = cfg.get("eval", None)
-    batch_size = eval_cfg.get("batch_size", None) if eval_cfg is not None else None
-    return cfg.train.batch_size if batch_size is None else batch_size
+    given = settings.Settings.of(cfg)
+    batch_size = given.eval.batch_size
+    return given.train.batch_size if batch_size is None else batch_size
 
 
 def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
@@ -523,7 +524,7 @@ def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
     check_labels(cfg, train)
     iterator = TrainIterator(train, cfg.train.batch_size, cfg.seed, process_index,
                              process_count, num_workers=num_workers(cfg.data),
-                             prefetch=cfg.data.get("prefetch", PREFETCH))
+                             prefetch=settings.DataSettings.of(cfg.data).prefetch)
     _host_share(eval_batch_size(cfg), "eval.batch_size", process_index, process_count)
     return iterator, test
 
@@ -531,7 +532,7 @@ def create_datasets(cfg: ml_collections.ConfigDict, process_index=None,
 def num_workers(data: ml_collections.ConfigDict) -> int:
     """`data.num_workers`, or where it is None: 0 on CPU (the cores compute the steps),
     else half the host's cores, at most 8 (decoding keeps up with an accelerator)."""
-    workers = data.get("num_workers", None)
+    workers = settings.DataSettings.of(data).num_workers
     if workers is not None:
         return workers
     if jax.default_backend() == "cpu":
@@ -544,13 +545,14 @@ def check_labels(cfg: ml_collections.ConfigDict, split: Split) -> None:
     (and as many classes as a set data.num_classes declares)."""
     data, classes = cfg.data, split.num_classes
     dataset = f"{data.source}/{data.name}"
-    declared = data.get("num_classes", 0)
+    declared = settings.DataSettings.of(data).num_classes
     if declared and declared != classes:
         raise ValueError(
             f"data.num_classes={declared} does not match the {classes} label classes of "
             f"{dataset}"
         )
-    wanted = cfg.model.get("num_classes", 0) if "model" in cfg else 0
+    model = {**settings.MODEL_SHARED, **(cfg.model if "model" in cfg else {})}
+    wanted = model["num_classes"]
     if wanted and not classes:
         raise ValueError(
             f"model.num_classes={wanted} needs labelled data, but {dataset} has no labels; "

@@ -7,6 +7,7 @@ import functools
 import jax
 import numpy as np
 
+from jaxar import settings
 from jaxar.models import (
     base,
     common,
@@ -58,7 +59,7 @@ def build_model(cfg):
 
 def init_variables(model, cfg, key, x=None, labels=None, cond=None):
     """Initializes the model's variables, on batch `x` (random if None)."""
-    init_batch = int(cfg.get("train", {}).get("init_batch_size", 16))
+    init_batch = int(settings.Settings.of(cfg).train.init_batch_size)
     x_key, label_key, param_key = jax.random.split(key, 3)
     if x is None:
         x = jax.random.randint(x_key, (init_batch, *model.event_shape), 0, model.num_levels)

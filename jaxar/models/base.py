@@ -112,8 +112,33 @@ def nll_metrics(model, nll_nats_B) -> dict:
     return {"bpd": nats_to_bits_per_dim(nll_nats_B, model.event_shape), "nll_nats": nll_nats_B}
 
 
+# What a family must define itself, checked when its class is defined: fields, members
+# every model needs, and those only a distribution over its input (`autoregressive`) needs.
+REQUIRED_FIELDS = ("event_shape", "num_levels")
+REQUIRED_MEMBERS = ("num_classes", "__call__")
+REQUIRED_AUTOREGRESSIVE = ("likelihood", "decoder")
+
+
 class Model(nn.Module):
-    """Base class of every jaxar model: the protocol's defaults (see the module docstring)."""
+    """Base class of every jaxar model: the protocol's defaults (see the module docstring).
+
+    Defining a subclass that lacks a required field or member (`REQUIRED_FIELDS`,
+    `REQUIRED_MEMBERS`, and `REQUIRED_AUTOREGRESSIVE` unless `autoregressive = False`)
+    raises a TypeError naming them.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)  # flax makes `cls` a dataclass
+        fields = getattr(cls, "__dataclass_fields__", {})
+        missing = [name for name in REQUIRED_FIELDS if name not in fields]
+        required = REQUIRED_MEMBERS + (REQUIRED_AUTOREGRESSIVE if cls.autoregressive else ())
+        # Defined by the family (or a base of it below Model), not by Model or flax.
+        own = {name for k in cls.__mro__ if k is not Model and issubclass(k, Model)
+               for name in (*vars(k), *getattr(k, "__dataclass_fields__", {}))}
+        missing += [name for name in required if name not in own]
+        if missing:
+            raise TypeError(f"{cls.__name__} does not define the model protocol's "
+                            f"{', '.join(missing)} (see jaxar.models.base)")
 
     # Not dataclass fields (no annotation): models without conditioning maps keep None.
     cond_shape = None

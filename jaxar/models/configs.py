@@ -12,12 +12,13 @@ defaults are the only defaults. `build(cls, model_cfg, event_shape, num_levels)`
   its field's annotation (ints >= 0, the family's size fields >= 1);
 * refuses any key the model does not read with a ValueError that names it, lists
   the valid ones and, when one is close, asks "did you mean";
-* accepts a key every experiment shares (`SHARED_DEFAULTS`) that the model does not
-  read only at its default, and a family's fixed keys (PixelCNN++'s
+* accepts a key every experiment shares (`jaxar.settings.MODEL_SHARED`) that the model
+  does not read only at its default, and a family's fixed keys (PixelCNN++'s
   `model.likelihood`) only at their one value;
 * runs the family's own checks (`Spec.check`) on the resolved fields.
 
-Each model file registers its class with a `Spec` at its bottom.
+Each model file declares its class's `Spec` at its bottom (`register`, which stores
+it on the class: `jaxar.models.REGISTRY` is the one registry of families).
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from jaxar import settings
 from jaxar.models import common
 
 # Dataclass fields that are never config keys.
 NOT_CONFIG = ("event_shape", "num_levels", "parent", "name")
-# Keys every experiment sets (experiments/base.py) with their defaults: a model that
-# does not read one accepts it only at this value. `model.name` picks the family.
-SHARED_DEFAULTS = {"num_classes": 0, "ordering": "raster"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +58,17 @@ class Spec:
     check: Callable[[dict, frozenset], None] | None = None
 
 
-_SPECS: dict[type, Spec] = {}
-
-
 def register(cls: type, spec: Spec) -> type:
-    """Declares how `cls` is built from a config."""
-    _SPECS[cls] = spec
+    """Declares how `cls` is built from a config: its `config_spec`."""
+    cls.config_spec = spec
     return cls
 
 
 def spec_of(cls: type) -> Spec:
-    if cls not in _SPECS:
+    # `vars`: a subclass does not inherit its parent's Spec.
+    if not isinstance(vars(cls).get("config_spec"), Spec):
         raise TypeError(f"{cls.__name__} has no config Spec: call configs.register")
-    return _SPECS[cls]
+    return cls.config_spec
 
 
 def unknown_key(section: str, key: str, valid: Iterable[str], owner: str = "") -> ValueError:
@@ -95,7 +92,7 @@ def config_keys(cls) -> dict[str, str | None]:
     to_key = {field: key for key, field in spec.aliases.items()}
     keys = {to_key.get(f, f): f for f in fields}
     keys.update({key: None for key in (*spec.derived, *spec.fixed)})
-    keys.update({key: None for key in SHARED_DEFAULTS if key not in keys})
+    keys.update({key: None for key in settings.MODEL_SHARED if key not in keys})
     keys["name"] = None
     return keys
 
@@ -111,13 +108,9 @@ def _kind(field: dataclasses.Field) -> str:
     return "any"
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _checked(key: str, kind: str, value):
     """`value` of a field of `kind`, lists as tuples; ValueError if it has another type."""
-    is_int = _is_int
+    is_int = settings.is_int
     if kind == "int" and is_int(value):
         return value
     if kind == "float" and (is_int(value) or isinstance(value, float)):
@@ -143,7 +136,7 @@ def build(cls, model_cfg, event_shape, num_levels: int, name: str | None = None)
     spec = spec_of(cls)
     config = _as_dict(model_cfg)
     name = name or config.get("name") or cls.__name__
-    if not isinstance(event_shape, tuple | list) or not all(map(_is_int, event_shape)):
+    if not isinstance(event_shape, tuple | list) or not all(map(settings.is_int, event_shape)):
         raise ValueError(f"data.shape must be a tuple of positive ints, got {event_shape!r}")
     shape = common.check_event_shape(name, event_shape, spec.event_ndim)
     keys = config_keys(cls)
@@ -158,7 +151,7 @@ def build(cls, model_cfg, event_shape, num_levels: int, name: str | None = None)
             raise unknown_key("model", key, keys, f"model {name!r}")
         field = keys[key]
         if field is None and key not in spec.derived:  # shared or fixed: not read
-            only = spec.fixed.get(key, SHARED_DEFAULTS.get(key))
+            only = spec.fixed.get(key, settings.MODEL_SHARED.get(key))
             if value is not None and value != only:  # None: unset
                 raise ValueError(
                     f"model.{key} must be {only!r}, got {value!r}: {name} only supports "
@@ -175,7 +168,7 @@ def build(cls, model_cfg, event_shape, num_levels: int, name: str | None = None)
     for target, value in kwargs.items():
         key = key_of.get(target, target)
         values = value if isinstance(value, tuple) else (value,)
-        ints = [v for v in values if _is_int(v)]
+        ints = [v for v in values if settings.is_int(v)]
         low = 1 if target in spec.positive else 0
         if any(v < low for v in ints):
             raise ValueError(f"model.{key} must be >= {low}, got {value!r}")

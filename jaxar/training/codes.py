@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import data
+from jaxar import data, settings
 from jaxar.data import codes as codes_data
 from jaxar.training import checkpoint
 
@@ -31,7 +31,7 @@ def prepare(cfg) -> None:
     """Encodes the VQ-VAE run in `cfg.data.path` if `cfg.data.source == "codes"` and its
     stored codes are missing or stale; a ValueError if it is not a trained VQ-VAE run."""
     if cfg.data.source == "codes":
-        encode_run(cfg.data.get("path", ""))
+        encode_run(settings.DataSettings.of(cfg.data).path)
 
 
 def checkpoint_fingerprint(workdir) -> dict:

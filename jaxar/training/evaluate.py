@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar import config, data, files
+from jaxar import config, data, files, settings
 from jaxar.data import pipeline
 from jaxar.training import checkpoint, codes, sharding, train
 
@@ -88,7 +88,8 @@ def evaluate(workdir, split: str = "test", *, step: int | None = None,
                              "--out", (".json",))
     if scores is not None:
         scores = files.check_output(scores, "--scores", (".jsonl",))
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
+    # Every device, data parallel (the default mesh), whatever mesh the run trained on.
+    mesh = sharding.make_mesh(settings.MeshSettings())
     batch_size = train.padded_eval_batch_size(cfg, mesh)
     codes.prepare(cfg)  # a prior's VQ-VAE codes: encoded where missing or stale
     examples = dict(zip(SPLITS, data.load_splits(cfg, workdir), strict=True))[split]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import sampling
+from jaxar import sampling, settings
 from jaxar.training import checkpoint, codes
 
 
@@ -50,7 +50,7 @@ def _run(workdir, what: str) -> Run:
 
 def _vqvae_dir(run: Run, what: str, level: str) -> pathlib.Path:
     data = run.cfg.data
-    if data.get("source") != "codes" or data.get("level", "top") != level:
+    if data.get("source") != "codes" or settings.DataSettings.of(data).level != level:
         raise ValueError(f"{what} must be a prior trained on data.source='codes' with "
                          f"data.level={level!r}, got data.source={data.get('source')!r} "
                          f"data.level={data.get('level')!r}")

@@ -14,14 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from jaxar import settings
+
+# name -> dtype of every `train.compute_dtype` (`jaxar.settings.COMPUTE_DTYPES`).
+COMPUTE_DTYPES = {name: getattr(jnp, name) for name in settings.COMPUTE_DTYPES}
 
 
 def compute_dtype(cfg) -> jnp.dtype:
-    """The dtype named by `train.compute_dtype` (default float32)."""
-    name = cfg.train.get("compute_dtype", "float32")
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"train.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {name!r}")
+    """The dtype named by `train.compute_dtype`."""
+    name = settings.Settings.of(cfg).train.compute_dtype
+    settings.check_compute_dtype(name)
     return COMPUTE_DTYPES[name]
 
 

@@ -24,6 +24,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxar import settings
+
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)  # a batch is split over every device
 
@@ -35,12 +37,14 @@ _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PRO
                "SLURM_LOCALID")
 
 
-def mesh_shape(mesh_cfg: Mapping, num_devices: int) -> tuple[int, int]:
-    """(data, fsdp) sizes from `mesh.data` / `mesh.fsdp`, one of which may be -1."""
-    sizes = {"mesh.data": mesh_cfg.get("data", -1), "mesh.fsdp": mesh_cfg.get("fsdp", 1)}
+def mesh_shape(mesh: settings.MeshSettings | Mapping, num_devices: int) -> tuple[int, int]:
+    """(data, fsdp) sizes from `mesh.data` / `mesh.fsdp`, one of which may be -1; `mesh`
+    is the settings or a `cfg.mesh` section (keys it leaves out at their defaults)."""
+    if not isinstance(mesh, settings.MeshSettings):
+        mesh = settings.MeshSettings.of(mesh)
+    sizes = {"mesh.data": mesh.data, "mesh.fsdp": mesh.fsdp}
     for key, size in sizes.items():
-        if not isinstance(size, int) or (size < 1 and size != -1):
-            raise ValueError(f"{key}={size!r} must be a positive int or -1 (all devices)")
+        settings.check_mesh_size(key.removeprefix("mesh."), size)
     if list(sizes.values()).count(-1) > 1:
         raise ValueError("only one of mesh.data and mesh.fsdp may be -1")
     known = math.prod(s for s in sizes.values() if s != -1)
@@ -49,17 +53,18 @@ def mesh_shape(mesh_cfg: Mapping, num_devices: int) -> tuple[int, int]:
     data, fsdp = sizes.values()
     if data * fsdp != num_devices:
         raise ValueError(
-            f"mesh.data={mesh_cfg.get('data', -1)} x mesh.fsdp={mesh_cfg.get('fsdp', 1)} "
+            f"mesh.data={mesh.data} x mesh.fsdp={mesh.fsdp} "
             f"does not cover the {num_devices} devices; expected a product of {num_devices} "
             f"(-1 takes what is left)"
         )
     return data, fsdp
 
 
-def make_mesh(mesh_cfg: Mapping, devices: Sequence | None = None) -> Mesh:
+def make_mesh(mesh: settings.MeshSettings | Mapping,
+              devices: Sequence | None = None) -> Mesh:
     """The (data, fsdp) mesh over `devices` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
+    shape = mesh_shape(mesh, len(devices))
     # Auto axes: the step is written for global arrays and the compiler places
     # the collectives (jax.make_mesh would default to Explicit axes).
     return jax.make_mesh(shape, BATCH_AXES, (AxisType.Auto, AxisType.Auto), devices=devices)

@@ -40,7 +40,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar import config, data, files, sampling
+from jaxar import config, data, files, sampling, settings
 from jaxar import models as models_lib
 from jaxar.data import image_folder
 from jaxar.models import base
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 # Leaves smaller than this stay replicated under FSDP: gathering them costs more
 # latency than their memory is worth.
-DEFAULT_FSDP_MIN_SIZE = 2**14
 
 
 @flax.struct.dataclass
@@ -220,7 +219,7 @@ def jit_eval_step(model, cfg, mesh, params_sharding, batch_stats_sharding,
     """`eval_step(params, batch_stats, batch)` jitted over `mesh`: the batch split over
     every device, the outputs replicated on every device of every process."""
     step = functools.partial(eval_step, model=model, per_example=per_example,
-                             ensemble_masks=cfg.eval.get("ensemble_masks", 1))
+                             ensemble_masks=settings.Settings.of(cfg).eval.ensemble_masks)
     return jax.jit(
         step, in_shardings=(params_sharding, batch_stats_sharding, sharding.batch_sharding(mesh)),
         out_shardings=NamedSharding(mesh, P()),
@@ -278,17 +277,16 @@ class Trainer:
 
     def __init__(self, model, cfg, devices=None):
         self.model, self.cfg = model, cfg
-        mesh_cfg = cfg.get("mesh", None) or {}
-        self.mesh = sharding.make_mesh(mesh_cfg, devices)
-        accum_steps = cfg.train.get("grad_accum_steps", 1)
+        self.settings = settings.Settings.of(cfg)
+        self.mesh = sharding.make_mesh(self.settings.mesh, devices)
+        accum_steps = self.settings.train.grad_accum_steps
         sharding.check_batch_size(cfg.train.batch_size, self.mesh, accum_steps)
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.data_shard = sharding.data_shard(self.batch_sharding)
         self.eval_batch_size = padded_eval_batch_size(cfg, self.mesh)
         self.optimizer = make_optimizer(cfg)
-        self.abstract_state = self._abstract_state(
-            mesh_cfg.get("fsdp_min_size", DEFAULT_FSDP_MIN_SIZE))
+        self.abstract_state = self._abstract_state(self.settings.mesh.fsdp_min_size)
         state_sharding = jax.tree.map(lambda s: s.sharding, self.abstract_state)
         self._init = jax.jit(
             functools.partial(create_train_state, model, cfg), out_shardings=state_sharding
@@ -384,7 +382,7 @@ def write_samples(trainer: Trainer, state, step: int, workdir: pathlib.Path, tes
     examples = test_split.get(np.arange(min(n, len(test_split))))
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
     x, cols = model.preview(variables, key, n, examples, sampling.sample)
-    image_shape = cfg.data.get("image_shape", None)
+    image_shape = settings.Settings.of(cfg).data.image_shape
     path = workdir / f"samples_{step}.png"
     with _failing(f"writing {path}"):
         reporting.save_image_grid(path, np.asarray(x), model.num_levels, image_shape, cols)
@@ -424,13 +422,9 @@ def _failing(what: str, errors: tuple = (Exception,)):
 
 def max_bpd(cfg, model) -> float:
     """`train.max_bpd`, or its default: 8 x log2(num_levels), 8 times a uniform model's."""
-    value = cfg.train.get("max_bpd", None)
-    if value is None:
-        return 8.0 * math.log2(model.num_levels)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"train.max_bpd must be a number > 0 (inf: no limit) or None, "
-                         f"got {value!r}")
-    return float(value)
+    value = settings.Settings.of(cfg).train.max_bpd
+    settings.check_max_bpd(value)
+    return 8.0 * math.log2(model.num_levels) if value is None else float(value)
 
 
 def _check_loss(step: int, metrics: dict, limit: float, name: str = "bpd") -> dict[str, float]:
