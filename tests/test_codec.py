@@ -4,7 +4,7 @@ registered autoregressive model and likelihood, files of the model's size, and r
 The round trips run on tiny models with random parameters (exactness does not depend on
 training): one case per family, covering every likelihood (Bernoulli, categorical, the
 discretized logistic mixture over RGB, a 256-level categorical as mu-law audio uses),
-labels, float and integer conditioning maps and non-raster orderings.
+labels, float and integer conditioning maps and random orderings.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ ROUND_TRIP = [
     ("gated-spatial", *_BY_ID["gated-spatial"]),
     ("pixelcnn_pp-rgb-16", "pixelcnn_pp", (2, 2, 3), 16, PP),
     ("pixelsnail-codes-cond-class", *_BY_ID["pixelsnail-codes-cond-class"]),
-    ("pixelsnail-zigzag", *_BY_ID["pixelsnail-zigzag"]),
     ("wavenet-mulaw-class-local", "wavenet", (10,), 256,
      dict(WAVE, num_classes=3, cond_shape=(5, 1))),
     ("transformer-random-sequence", *_BY_ID["transformer-random-sequence"]),
@@ -92,12 +91,11 @@ def test_round_trip(case):
     assert codec.read_header(data)["batch"] == 4
 
 
-@pytest.mark.parametrize("case_id", ["pixelcnn-bernoulli", "pixelcnn_pp-rgb-16"])
-def test_images_the_model_deems_impossible_round_trip(case_id):
+def test_images_the_model_deems_impossible_round_trip():
     """Parameters scaled up make the conditionals sharp: random images then have dimensions
     whose float32 probability is exactly 0, coded all the same (in batches of 4, the
     round trip's compiled program)."""
-    model, variables = _build(case_id, scale=8.0)
+    model, variables = _build("pixelcnn-bernoulli", scale=8.0)
     x = np.random.default_rng(5).integers(0, model.num_levels, (4, *model.event_shape))
     x = x.astype(np.int32)
     lp = np.asarray(jaxar.log_prob(model, variables, x))
