@@ -28,13 +28,13 @@ import time
 import numpy as np
 from PIL import Image
 
-from jaxar import codec, data, files, models, settings
+from jaxar import cli, codec, data, files, models, settings
 from jaxar.cli import sample
 from jaxar.training import checkpoint
 
 
 def _compress_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxar-compress", description=__doc__.split("\n")[0])
+    p = cli.Parser("jaxar-compress", __doc__)
     p.add_argument("--workdir", required=True, help="training run directory")
     p.add_argument("images", nargs="*", help="PNG files to compress")
     p.add_argument("--split", default=None, choices=("train", "test"),
@@ -50,8 +50,8 @@ def _compress_parser() -> argparse.ArgumentParser:
 
 
 def _decompress_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxar-decompress",
-                                description="Decodes a .jaxar file back into PNG images.")
+    p = cli.Parser("jaxar-decompress", __doc__)
+    p.description = "Decodes a .jaxar file back into PNG images."
     p.add_argument("--workdir", required=True, help="the training run that compressed it")
     p.add_argument("file", help=".jaxar file to decode")
     p.add_argument("--out-dir", required=True, help="folder for 00000.png, 00001.png, ...")
