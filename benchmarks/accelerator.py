@@ -51,31 +51,39 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import sys
-import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks.train_throughput import IMPLS, MASKED, random_batch  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    IMPLS,
+    MASKED,
+    abstract_batch,
+    build,
+    compile_step,
+    cpu_model,
+    first,
+    log,
+    now,
+    random_batch,
+    unsolved_dims,
+    versions,
+    write_json,
+)
 from jaxar import sampling  # noqa: E402
 from jaxar.models import base, common  # noqa: E402
 from jaxar.nn import fast_conv  # noqa: E402
-from jaxar.training import train  # noqa: E402
 
 # name, config, per-device batch of the config (the paper configs' global batch is 8
 # devices' worth), batch of --quick on CPU.
@@ -115,14 +123,6 @@ MODES = {
 }
 
 
-def now() -> float:
-    return time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
 # --- the device -----------------------------------------------------------------------
 
 
@@ -136,17 +136,6 @@ def device_memory(device) -> tuple[int, str]:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024, "/proc/meminfo MemTotal"
     raise RuntimeError("no memory figure for this device")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def matmul_tflops(n: int, dtype, repeats: int = 5) -> float:
@@ -209,87 +198,6 @@ class Device:
 # --- train steps ----------------------------------------------------------------------
 
 
-def first(analysis):
-    """cost_analysis() is a dict, or a list of one dict in older jax."""
-    if isinstance(analysis, list | tuple):
-        analysis = analysis[0] if analysis else {}
-    return analysis or {}
-
-
-def peak_bytes(compiled) -> tuple[int, dict]:
-    """Peak device memory of an executable (arguments + outputs - donated aliases +
-    temporaries, or XLA's own peak figure if larger), and the parts it is made of."""
-    m = compiled.memory_analysis()
-    parts = {k: int(getattr(m, k, 0) or 0) for k in (
-        "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-        "temp_size_in_bytes", "generated_code_size_in_bytes")}
-    summed = (parts["argument_size_in_bytes"] + parts["output_size_in_bytes"]
-              - parts["alias_size_in_bytes"] + parts["temp_size_in_bytes"])
-    # XLA:CPU's peak_memory_in_bytes leaves out the temporaries: the larger figure.
-    parts["peak_memory_in_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-    return max(summed, parts["peak_memory_in_bytes"]), parts
-
-
-def abstract_batch(trainer, host_batch, batch_size):
-    return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype,
-                                    sharding=trainer.batch_sharding)
-            for k, v in host_batch.items()}
-
-
-def build(cfg, impl=None, dtype="float32"):
-    """The model and a one-device Trainer of a copy of `cfg` with this conv_impl and dtype."""
-    cfg = cfg.copy_and_resolve_references()
-    if impl is not None:
-        cfg.model.conv_impl = impl
-    cfg.train.compute_dtype = dtype
-    model = jaxar.build_model(cfg)
-    return model, train.Trainer(model, cfg, devices=jax.devices()[:1])
-
-
-def later(pool, fn):
-    """A future of fn(): run in `pool` (a thread: compiles overlap on accelerator hosts),
-    or now when there is none."""
-    if pool is not None:
-        return pool.submit(fn)
-    done = concurrent.futures.Future()
-    done.set_result(fn())
-    return done
-
-
-def compile_step(trainer, host_batch, pool=None, memory_at_double=False):
-    """The trainer's step compiled ahead of time (timed) and XLA's figures of it: a
-    figures dict, with the executable and device batch under "_compiled", "_batch".
-
-    With `memory_at_double`, "peak_memory_bytes_at_2x_batch" is a future (`later`) of
-    the peak memory of the same step compiled for twice the batch."""
-    batch = trainer.device_batch(host_batch)
-    size = len(host_batch["x"])
-    double = None
-    if memory_at_double:  # memory is linear in the batch: its slope from a second compile
-        twice = abstract_batch(trainer, host_batch, 2 * size)
-        double = lambda: peak_bytes(
-            trainer.train_step.lower(trainer.abstract_state, twice).compile())[0]
-        if pool is not None:  # compiles while this one does
-            double = later(pool, double)
-    start = now()
-    lowered = trainer.train_step.lower(trainer.abstract_state, batch)
-    compiled = lowered.compile()
-    compile_s = now() - start
-    cost = first(compiled.cost_analysis())
-    peak, parts = peak_bytes(compiled)
-    row = {
-        "batch": size, "compile_s": compile_s,
-        "flops_per_step": float(cost.get("flops", float("nan"))),
-        "bytes_accessed_per_step": float(cost.get("bytes accessed", float("nan"))),
-        "peak_memory_bytes": peak, "memory_analysis": parts,
-        "_compiled": compiled, "_batch": batch,
-    }
-    if double is not None:
-        row["peak_memory_bytes_at_2x_batch"] = (double if pool is not None
-                                                else later(None, double))
-    return row
-
-
 def time_rounds(rows: dict, state0, steps: int) -> None:
     """Runs every compiled step once (warm-up), then `steps` rounds of one step each in
     turn, as benchmarks/train_throughput.py does (load from other processes hits all
@@ -312,13 +220,13 @@ def time_rounds(rows: dict, state0, steps: int) -> None:
 
 def count_model_flops(cfg, host_batch) -> float:
     """FLOPs of one float32 "auto" train step: XLA's count of its unoptimized HLO, traced
-    with `jaxar.nn.fast_conv.CHUNK_BYTES` unbounded. XLA's cost analysis counts a loop's
+    with `jaxar.nn.fast_conv.chunk_bytes` unbounded. XLA's cost analysis counts a loop's
     body once, and the im2col convolutions run over batch chunks in loops (`lax.map`,
     `lax.scan`), so the compiled step's own count ("flops_per_step") falls short by the
     number of chunks; with one chunk every loop runs once and the count is whole. Only
     traced (a fresh Trainer, so nothing cached is reused), never compiled."""
     _, trainer = build(cfg)
-    with mock.patch.object(fast_conv, "CHUNK_BYTES", 2**62):
+    with fast_conv.chunk_bytes(2**62):
         lowered = trainer.train_step.lower(
             trainer.abstract_state, abstract_batch(trainer, host_batch, len(host_batch["x"])))
     return float(first(lowered.cost_analysis())["flops"])
@@ -471,14 +379,6 @@ def differences(model, a, b) -> dict:
             "first_differing_step": min(steps) if steps else None}
 
 
-def unsolved_dims(model, args, samples) -> int:
-    """Dimensions of `samples` that one full-network Jacobi pass changes: 0 when they are
-    exactly the full network's ancestral samples. When cached and fixed_point differ, this
-    says which one the full network's own arithmetic disagrees with."""
-    redrawn = sampling.jitted_redraw(model, *args, samples)
-    return int(np.sum(np.asarray(redrawn) != np.asarray(samples)))
-
-
 def same_text(sampling_figures: dict) -> str:
     fp = sampling_figures["fixed_point"]
     if fp["identical_to_cached"]:
@@ -602,14 +502,13 @@ def main(argv=None):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     started = now()
-    report = {"mode": mode_name, "jax_version": jax.__version__,
-              "jaxlib_version": jaxlib.__version__, "settings": settings, "train": []}
+    report = {"mode": mode_name, **versions(), "settings": settings, "train": []}
 
     def save():
         report["wall_s"] = now() - started
         refresh_mfu(report, device)
         if args.out:
-            pathlib.Path(args.out).write_text(json.dumps(report, indent=1, default=float) + "\n")
+            write_json(args.out, report)
 
     device = Device(settings["matmul"])
     report["device"] = dev = device.info

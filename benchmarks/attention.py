@@ -28,11 +28,10 @@ import jax
 import jax.numpy as jnp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import accelerator  # noqa: E402
-from benchmarks import torch_reference as tr  # noqa: E402 (its jaxar steps need no torch)
+from benchmarks import common as bench  # noqa: E402
 from jaxar.models import common, pixelsnail  # noqa: E402
 
 BLOCKED = pixelsnail.causal_attention
@@ -53,7 +52,7 @@ def masked_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW, num_heads):
 
 
 def jax_step(cfg, host_batch, variant: str):
-    """`tr.pp_jax_step` (step, compile seconds, parameters) with `variant`'s attention
+    """`bench.pp_jax_step` (step, compile seconds, parameters) with `variant`'s attention
     ("full" or a query block size) in place while the step is traced."""
     saved = pixelsnail.causal_attention, pixelsnail.QUERY_BLOCK
     try:
@@ -61,7 +60,7 @@ def jax_step(cfg, host_batch, variant: str):
             pixelsnail.causal_attention = masked_attention
         else:
             pixelsnail.causal_attention, pixelsnail.QUERY_BLOCK = BLOCKED, int(variant)
-        return tr.pp_jax_step(cfg, host_batch)
+        return bench.pp_jax_step(cfg, host_batch)
     finally:
         pixelsnail.causal_attention, pixelsnail.QUERY_BLOCK = saved
 
@@ -76,7 +75,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.batch < 1:
         raise ValueError("--rounds and --batch must be >= 1")
-    cfg, host_batch = tr.pp_batch_and_config(args.config, args.batch)
+    cfg, host_batch = bench.pp_batch_and_config(args.config, args.batch)
     if cfg.model.name != "pixelsnail":
         raise ValueError(f"--config must be a PixelSNAIL config, got model {cfg.model.name!r}")
     blocks = args.blocks.split(",")
@@ -88,8 +87,8 @@ def main(argv=None) -> None:
         for n, variant in enumerate(variants + variants[::-1]):
             steps[f"{variant} #{n}"], compile_s, _ = jax_step(cfg, host_batch, variant)
             print(f"  compiled {variant} #{n}: {compile_s:.1f} s", flush=True)
-        timed = tr.time_interleaved(steps, args.rounds)
-    tr.report(f"{accelerator.cpu_model()}, jax {jax.__version__}; {args.config}, batch "
+        timed = bench.time_interleaved(steps, args.rounds)
+    bench.report(f"{bench.cpu_model()}, jax {jax.__version__}; {args.config}, batch "
               f"{args.batch}", args.batch, timed,
               [(f"{v} #{n}", "full #0") for n, v in enumerate(variants) if n])
     median = {v: statistics.median([s for name, r in timed.items()

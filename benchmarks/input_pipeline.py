@@ -285,7 +285,7 @@ def main() -> None:
     if args.task:
         _task_main(json.loads(args.task))
         return
-    from benchmarks.accelerator import cpu_model  # noqa: PLC0415
+    from benchmarks.common import cpu_model  # noqa: PLC0415
 
     print(f"{cpu_model()}, {os.cpu_count()} cores; {args.pngs} PNGs, {args.records} "
           f"ArrayRecord records, batch {args.batch}")

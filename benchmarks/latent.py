@@ -20,11 +20,11 @@ import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks.accelerator import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model  # noqa: E402
 
 
 def timed(fn) -> float:

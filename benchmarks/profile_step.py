@@ -33,12 +33,11 @@ import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks import accelerator  # noqa: E402
-from benchmarks.train_throughput import random_batch  # noqa: E402
+from benchmarks.common import build, cpu_model, first, random_batch  # noqa: E402
 from jaxar.models import common  # noqa: E402
 
 CONFIGS = ["experiments/pixelcnn_pp_cifar10.py:default",
@@ -177,7 +176,7 @@ def profile(spec: str, batch: int | None, steps: int, impl: str | None) -> dict:
     cfg = jaxar.load_config(str(ROOT / spec))
     if batch:
         cfg.train.batch_size = batch
-    model, trainer = accelerator.build(cfg, impl)
+    model, trainer = build(cfg, impl)
     host = {k: np.asarray(v) for k, v in random_batch(model, cfg.train.batch_size).items()
             if v is not None}
     with common.rng_context():
@@ -202,7 +201,7 @@ def profile(spec: str, batch: int | None, steps: int, impl: str | None) -> dict:
     groups = collections.Counter()
     for name, seconds in times.items():
         groups[group_of(instructions[name])] += seconds / steps
-    cost = accelerator.first(compiled.cost_analysis())
+    cost = first(compiled.cost_analysis())
     top = [(name, group_of(instructions[name]), instructions[name]["function"], s / steps)
            for name, s in times.most_common(8)]
     return {"config": spec, "batch": cfg.train.batch_size, "conv_impl": model.conv_impl,
@@ -232,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="traced steps")
     parser.add_argument("--conv_impl", help="model.conv_impl (default: the config's)")
     args = parser.parse_args(argv)
-    print(f"{accelerator.cpu_model() if jax.default_backend() == 'cpu' else jax.devices()[0]}"
+    print(f"{cpu_model() if jax.default_backend() == 'cpu' else jax.devices()[0]}"
           f", jax {jax.__version__}")
     results = []
     for spec in args.configs.split(",") if args.configs else CONFIGS:

@@ -36,11 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks.accelerator import unsolved_dims  # noqa: E402
+from benchmarks.common import unsolved_dims  # noqa: E402
 from jaxar import sampling  # noqa: E402
 from jaxar.models import common  # noqa: E402
 

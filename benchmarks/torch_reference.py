@@ -37,9 +37,7 @@ import argparse
 import math
 import os
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -54,12 +52,17 @@ except ImportError:  # not a jaxar dependency: main() says the run was skipped
     torch = None
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks import accelerator  # noqa: E402
-from benchmarks.train_throughput import random_batch  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cpu_model,
+    pp_batch_and_config,
+    pp_jax_step,
+    report,
+    time_interleaved,
+)
 from jaxar import models as models_lib  # noqa: E402
 from jaxar.models import common  # noqa: E402
 from jaxar.nn import fast_conv  # noqa: E402
@@ -378,32 +381,6 @@ def init_from_data(net, x_unit, labels=None) -> None:
 # --- PixelCNN++ steps ------------------------------------------------------------------
 
 
-def pp_batch_and_config(spec: str, batch_size: int, impl: str = "auto"):
-    """The config (batch `batch_size`, `model.conv_impl=impl`) and a random batch of its shape."""
-    cfg = jaxar.load_config(str(ROOT / spec))
-    cfg.model.conv_impl = impl
-    cfg.train.batch_size = batch_size
-    cfg.train.init_batch_size = min(cfg.train.init_batch_size, batch_size)
-    batch = random_batch(jaxar.build_model(cfg), batch_size)
-    return cfg, {k: np.asarray(v) for k, v in batch.items() if v is not None}
-
-
-def pp_jax_step(cfg, host_batch):
-    """The trainer's jitted step, compiled ahead of time: (step returning the loss in
-    bits/dim, compile seconds, parameter count)."""
-    _, trainer = accelerator.build(cfg)
-    row = accelerator.compile_step(trainer, host_batch)
-    state = trainer.init_state(jax.random.PRNGKey(cfg.seed), host_batch)
-    num_params = int(sum(np.size(p) for p in jax.tree.leaves(state.params)))
-
-    def step():
-        nonlocal state
-        state, metrics = jax.block_until_ready(row["_compiled"](state, row["_batch"]))
-        return float(metrics["train/bpd"])
-
-    return step, row["compile_s"], num_params
-
-
 def pp_torch_step(cfg, host_batch):
     """The PyTorch reference's step: mean bits/dim, backward, clipping if the config has
     it, Adam (the config's betas), the learning rate decayed per step, and the parameters'
@@ -445,35 +422,6 @@ def pp_torch_step(cfg, host_batch):
 
 
 # --- timing ------------------------------------------------------------------------------
-
-
-def time_interleaved(steps: dict, rounds: int) -> dict:
-    """Runs each step once (warm-up), then all in turn for `rounds` rounds; per step:
-    {"first_s", "seconds" (the timed steps), "losses" (every step's, warm-up first)}."""
-    out = {name: {"seconds": [], "losses": []} for name in steps}
-    for name, step in steps.items():
-        start = time.perf_counter()
-        out[name]["losses"].append(step())
-        out[name]["first_s"] = time.perf_counter() - start
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            out[name]["losses"].append(step())
-            out[name]["seconds"].append(time.perf_counter() - start)
-    return out
-
-
-def report(title: str, batch_size: int, timed: dict, compare: list[tuple[str, str]]) -> None:
-    """Prints each step's s/step, images/s, first and last loss, and the `compare` ratios."""
-    print(title)
-    rate = {}
-    for name, r in timed.items():
-        step_s = statistics.median(r["seconds"])
-        rate[name] = batch_size / step_s
-        print(f"  {name:12s} {step_s:7.3f} s/step {rate[name]:7.3g} images/s  (first step "
-              f"{r['first_s']:.1f} s; loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} "
-              f"bits/dim over {len(r['losses'])} steps)")
-    print("  " + " | ".join(f"{a} / {b} {rate[a] / rate[b]:.2f}x" for a, b in compare), flush=True)
 
 
 def run_seed(rounds: int) -> None:
@@ -525,7 +473,7 @@ def main(argv=None):
         print("torch is not installed: skipped (README, \"Fast paths and benchmarks\")")
         return
     torch.set_num_threads(args.threads)
-    print(f"{accelerator.cpu_model()} ({os.cpu_count()} cores), jax {jax.__version__}, "
+    print(f"{cpu_model()} ({os.cpu_count()} cores), jax {jax.__version__}, "
           f"torch {torch.__version__} ({args.threads} threads), {args.rounds} rounds", flush=True)
     for name in names:
         if name == "pixelcnn":

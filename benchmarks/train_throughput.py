@@ -25,20 +25,23 @@ import argparse
 import os
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-import jaxar
-from jaxar import models as models_lib
-from jaxar.models import common
-from jaxar.nn import fast_conv
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-IMPLS = ("auto", "im2col", "split", "plain")
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable
+    sys.path.insert(0, str(ROOT))
+
+import jaxar  # noqa: E402
+from benchmarks.common import IMPLS, MASKED, random_batch  # noqa: E402
+from jaxar import models as models_lib  # noqa: E402
+from jaxar.models import common  # noqa: E402
+from jaxar.nn import fast_conv  # noqa: E402
+
 CONFIGS = [
     "experiments/pixelcnn_mnist.py:seed",
     "experiments/pixelcnn_mnist.py:default",
@@ -46,7 +49,6 @@ CONFIGS = [
     "experiments/pixelcnn_pp_cifar10.py:default",
     "experiments/pixelsnail_cifar10.py:default",
 ]
-MASKED = ("pixelcnn", "gated_pixelcnn")  # the models with masked convolutions ("split")
 
 
 def make_step(model, optimizer):
@@ -62,14 +64,6 @@ def make_step(model, optimizer):
         return optax.apply_updates(params, updates), opt_state, loss, grads
 
     return jax.jit(step)
-
-
-def random_batch(model, batch_size, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, model.num_levels, (batch_size, *model.event_shape)).astype(np.int32)
-    labels = rng.integers(0, model.num_classes, batch_size).astype(np.int32) \
-        if model.num_classes else None
-    return {"x": jnp.asarray(x), "labels": labels, "cond": model.derive_cond(x)}
 
 
 def compare(spec: str, rounds: int, batch_size: int | None = None) -> float:

@@ -89,15 +89,17 @@ def test_masked_conv_im2col_equals_plain(kernel, mask_type, dilation, groups, fe
     assert_same_function(make, image(features_in))
 
 
-def test_batch_chunks_with_a_padded_last_chunk(monkeypatch):
+def test_batch_chunks_with_a_padded_last_chunk():
     """Patches of 2 images per chunk: 3 images -> 2 chunks, the last one padded."""
     def make(impl):
         return layers.MaskedConv2D(5, 5, "B", 2, conv_impl=impl)
 
     per_image = 6 * 7 * 13 * 4 * 4  # positions * live taps (5x5 type B) * features * bytes
-    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 2 * per_image)
-    assert fast_conv._chunk_size(3, (6, 7), 13 * 4, 4) == 2
-    assert_same_function(make, image(4))
+    assert fast_conv._chunk_size(3, (6, 7), 13 * 4, 4, limit=2 * per_image) == 2
+    with fast_conv.chunk_bytes(2 * per_image):
+        assert fast_conv._chunk_size(3, (6, 7), 13 * 4, 4) == 2
+        assert_same_function(make, image(4))
+    assert fast_conv._chunk_size(3, (6, 7), 13 * 4, 4) == 3  # the default limit again
 
 
 @pytest.mark.parametrize("impl", ["im2col", "split"])

@@ -47,6 +47,8 @@ where XLA's own convolution gradients are as fast as the gathered ones at 4-6 ta
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 import math
@@ -58,6 +60,7 @@ import numpy as np
 
 IMPLS = ("auto", "plain", "im2col", "split")
 CHUNK_BYTES = 24 * 2**20
+_CHUNK_LIMIT = contextvars.ContextVar("chunk_bytes", default=CHUNK_BYTES)
 OUTPUT_SIDE_RATIO = 4
 XLA_FORWARD_MAX_TAPS = 9
 XLA_FORWARD_MIN_POSITIONS = 64
@@ -135,10 +138,23 @@ def gather_patches(x_BHWI, offsets, out_hw) -> jax.Array:
     return patches.reshape(batch, out_h, out_w, len(offsets) * features)
 
 
-def _chunk_size(batch: int, out_hw, width: int, itemsize: int) -> int:
-    """Images per chunk so a chunk's patches (`width` features per position) fit CHUNK_BYTES."""
+@contextlib.contextmanager
+def chunk_bytes(limit: int):
+    """Convolutions traced inside gather their patches over batch chunks of about `limit`
+    bytes instead of `CHUNK_BYTES` (a huge limit: the whole batch in one chunk)."""
+    token = _CHUNK_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _CHUNK_LIMIT.reset(token)
+
+
+def _chunk_size(batch: int, out_hw, width: int, itemsize: int, limit: int | None = None) -> int:
+    """Images per chunk so a chunk's patches (`width` features per position) fit `limit`
+    bytes (None: `CHUNK_BYTES`, or what `chunk_bytes` sets)."""
     per_image = math.prod(out_hw) * width * itemsize
-    target = max(1, CHUNK_BYTES // per_image)
+    limit = _CHUNK_LIMIT.get() if limit is None else limit
+    target = max(1, limit // per_image)
     num = -(-batch // target)
     return -(-batch // num)
 
