@@ -1,7 +1,7 @@
 """Lossless compression with trained runs (`jaxar.codec`) against PNG, WebP and lzma.
 
-  python benchmarks/compression.py --workdir runs/pixelcnn_mnist --num 1000
-  python benchmarks/compression.py --workdir runs/pixelcnn_mnist runs/pixelcnn_pp_mnist
+  python benchmarks/lossless.py --workdir runs/pixelcnn_mnist --num 1000
+  python benchmarks/lossless.py --workdir runs/pixelcnn_mnist runs/pixelcnn_pp_mnist
 
 For each run, on the first `--num` images of its test split: bits/dim of the `.jaxar`
 file (header included), the model's bits/dim on the same images (`jaxar.bits_per_dim`),
@@ -24,10 +24,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path, where this file would
-# shadow the `compression` package that jax imports (`compression.zstd`).
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != ROOT / "benchmarks"]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
