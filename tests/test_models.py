@@ -129,7 +129,7 @@ def test_bad_arguments_raise_value_error(conditional):
         ("pixelcnn", "norm", "layer", "model.norm"),
         ("pixelcnn", "architecture", "dense", "model.architecture"),
         ("pixelcnn", "kernel_size", 4, "kernel_size"),
-        ("made", "ordering", "zigzag", "model.ordering"),
+        ("made", "ordering", "spiral", "model.ordering"),
         ("made", "likelihood", "gaussian", "model.likelihood"),
         ("gated_pixelcnn", "cond_shape", (3, 3, 1), "model.cond_shape"),
         ("gated_pixelcnn", "cond_levels", 3, r"model\.cond_levels=3 .* needs model\.cond_shape"),

@@ -53,6 +53,9 @@ CASES = [
     ("made-random-class", "made", (2, 2, 1), 4,
      dict(hidden=(16,), ordering="random", num_masks=3, num_classes=3)),
     ("made-rgb-categorical", "made", (1, 2, 3), 3, dict(hidden=(16,), likelihood="categorical")),
+    ("made-zigzag", "made", (2, 3, 1), 2, dict(hidden=(16,), ordering="zigzag")),
+    ("made-custom-rgb", "made", (1, 2, 2), 2,
+     dict(hidden=(16,), ordering="custom", pixel_order=(1, 0))),
     ("pixelcnn-bernoulli", "pixelcnn", (3, 3, 1), 2, dict(PIX, likelihood="bernoulli")),
     ("pixelcnn-4lev-class", "pixelcnn", (2, 2, 1), 4, dict(PIX, num_classes=2)),
     ("pixelcnn-rgb-class", "pixelcnn", (2, 2, 3), 2, dict(PIX, num_classes=2)),
@@ -69,6 +72,8 @@ CASES = [
     ("pixelsnail-zigzag", "pixelsnail", (3, 3, 1), 2, dict(SNAIL, ordering="zigzag")),
     ("pixelsnail-custom", "pixelsnail", (2, 2, 2), 2,
      dict(SNAIL, ordering="custom", pixel_order=(3, 0, 2, 1))),
+    ("pixelsnail-random", "pixelsnail", (2, 3, 1), 2, dict(SNAIL, ordering="random",
+                                                           ordering_seed=4)),
     # Priors over VQ-VAE codes: categorical over K codes, conditioned on coarser codes.
     ("pixelsnail-codes", "pixelsnail", (2, 2, 1), 8, SNAIL_CODES),
     ("pixelsnail-codes-cond-class", "pixelsnail", (2, 2, 1), 8,
@@ -83,6 +88,8 @@ CASES = [
      dict(TRANSFORMER, ordering="zigzag", position="sinusoidal")),
     ("transformer-random-sequence", "transformer", (6,), 4,
      dict(TRANSFORMER, ordering="random")),
+    ("transformer-custom-rgb", "transformer", (2, 2, 2), 2,
+     dict(TRANSFORMER, ordering="custom", pixel_order=(2, 0, 3, 1))),
 ]
 BATCH = 6
 # Samples for the chi-square test, drawn by the cached decoder (the fastest method, and

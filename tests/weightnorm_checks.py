@@ -29,8 +29,10 @@ def random_variables(model, seed=0, scale=0.5):
 
 
 def weight_norm_outputs(model, variables, x, labels=None) -> dict[str, np.ndarray]:
-    """Output of every weight-normalized layer on x (eval mode), by module path."""
-    is_wn = lambda mdl, method: isinstance(mdl, shifted_layers.WNConv | shifted_layers.WNDense)
+    """Output of every weight-normalized layer on x (eval mode), by module path: a
+    convolution's before its shift (`WNConv.conv`)."""
+    is_wn = lambda mdl, method: (isinstance(mdl, shifted_layers.WNConv) and method == "conv"
+                                 or isinstance(mdl, shifted_layers.WNDense))
 
     @jax.jit
     def run(variables, x, labels):
@@ -38,7 +40,8 @@ def weight_norm_outputs(model, variables, x, labels=None) -> dict[str, np.ndarra
                            mutable=["intermediates"])[1]["intermediates"]
 
     flat = flax.traverse_util.flatten_dict(run(variables, x, labels), sep="/")
-    return {path.removesuffix("/__call__"): np.asarray(out[0]) for path, out in flat.items()}
+    return {path.removesuffix("/__call__").removesuffix("/conv"): np.asarray(out[0])
+            for path, out in flat.items()}
 
 
 def check_init_statistics(outputs: dict[str, np.ndarray]) -> int:

@@ -5,7 +5,9 @@ inputs that come before d in an ordering. `num_masks` mask sets (an input
 ordering plus hidden-unit connectivity each) are drawn once from `mask_seed`;
 training picks one per step (order- and connectivity-agnostic training) and
 `ensemble_log_prob` averages the probabilities of several at test time.
-Mask set 0 is the model's ordering for `jaxar.log_prob` and sampling.
+Mask set 0 is the model's ordering for `jaxar.log_prob` and sampling. The
+ordering ("raster", "zigzag", "custom", or "random": one permutation per mask
+set, `jaxar.models.orderings`) can be any: masks follow it exactly.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, configs
+from jaxar.models import base, configs, orderings
 from jaxar.nn import layers
 
 
 @functools.cache
 def mask_sets(
-    num_dims: int, hidden: tuple[int, ...], num_masks: int, ordering: str, seed: int
+    event_shape: tuple[int, ...], hidden: tuple[int, ...], num_masks: int, ordering: str,
+    seed: int, pixel_order: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Draws `num_masks` MADE mask sets.
 
@@ -32,12 +35,11 @@ def mask_sets(
     per set, and per layer a stacked mask `[K, fan_in, fan_out]`; the last one
     maps the final hidden layer to the D outputs.
     """
-    if ordering not in ("raster", "random"):
-        raise ValueError(f"model.ordering for made must be 'raster' or 'random', got {ordering!r}")
+    num_dims = int(np.prod(event_shape))
     steps, layer_masks = [], [[] for _ in range(len(hidden) + 1)]
     for k in range(num_masks):
         rng = np.random.default_rng((seed, k))
-        step_D = np.arange(num_dims) if ordering == "raster" else rng.permutation(num_dims)
+        step_D = orderings.dimension_steps(ordering, event_shape, pixel_order, rng).ravel()
         steps.append(step_D)
         # A hidden unit of degree m may see inputs with step <= m; output d sees units
         # with degree < step_d. Degrees >= D-1 would feed no output, so they are not drawn.
@@ -59,7 +61,8 @@ class MADE(base.Model):
     num_levels: int
     likelihood_name: str = "bernoulli"
     hidden: tuple[int, ...] = (512, 512, 512)
-    ordering_name: str = "raster"
+    ordering_name: str = "raster"  # any of `orderings.NAMES`
+    pixel_order: tuple[int, ...] = ()  # ordering "custom": the position of each step
     num_masks: int = 1
     mask_seed: int = 0
     num_classes: int = 0
@@ -73,9 +76,8 @@ class MADE(base.Model):
         return int(np.prod(self.event_shape))
 
     def _masks(self):
-        return mask_sets(
-            self.num_dims, tuple(self.hidden), self.num_masks, self.ordering_name, self.mask_seed
-        )
+        return mask_sets(tuple(self.event_shape), tuple(self.hidden), self.num_masks,
+                         self.ordering_name, self.mask_seed, tuple(self.pixel_order))
 
     def ordering(self, mask_index: int = 0) -> np.ndarray:
         return self._masks()[0][mask_index].reshape(self.event_shape)
@@ -189,10 +191,10 @@ def check_config(f: dict, given: frozenset) -> None:
     """MADE's value checks on the resolved fields (`jaxar.models.configs`)."""
     if "likelihood_name" not in given and f["num_levels"] != 2:
         f["likelihood_name"] = "categorical"  # the default, bernoulli, is for binary data
-    if f["ordering_name"] not in ("raster", "random"):
-        raise ValueError(
-            f"model.ordering for made must be 'raster' or 'random', got {f['ordering_name']!r}"
-        )
+    orderings.check_fields(f)
+    # Raises for an unknown or unsuitable ordering.
+    orderings.dimension_steps(f["ordering_name"], f["event_shape"], f["pixel_order"],
+                              np.random.default_rng(0))
     if not f["hidden"]:
         raise ValueError("model.hidden must give at least one hidden layer width, got ()")
 

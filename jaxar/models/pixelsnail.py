@@ -7,7 +7,8 @@ the block input concatenated with the image itself and two background
 attention result enters a last gated resnet as its auxiliary input. No
 down-sampling ("noup"); small keys, as in the released CIFAR-10 model.
 
-Orderings: a pixel ordering (raster, zigzag or any permutation) fixes which
+Orderings: a pixel ordering (raster, zigzag, random or any permutation given as
+"custom": `jaxar.models.orderings`) fixes which
 pixels each pixel may attend to: those generated strictly before it. The
 convolutional parts must respect it too:
 
@@ -39,43 +40,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, configs, pixelsnail_cache, released
-from jaxar.models.pixelcnn_pp import check_dropout_rate
-from jaxar.nn import fast_conv, layers
+from jaxar.models import base, configs, orderings, released
+from jaxar.nn import cache, fast_conv, layers
 from jaxar.nn import shifted_layers as sl
 
-ORDERINGS = ("raster", "zigzag", "custom")
 LIKELIHOODS = ("dmol", "categorical")
 
 
 @functools.cache
-def pixel_steps(name: str, height: int, width: int, pixel_order: tuple[int, ...] = ()):
-    """Generation step of every pixel, int array `[H, W]`.
-
-    raster: row by row. zigzag: along anti-diagonals i + j = s, alternating
-    direction as in JPEG ((0,0), (0,1), (1,0), (2,0), (1,1), (0,2), ...).
-    custom: `pixel_order` lists the flat pixel index (i * W + j) generated at
-    each step, a permutation of range(H * W).
-    """
-    size = height * width
-    if name == "raster":
-        order = np.arange(size)
-    elif name == "zigzag":
-        i, j = np.indices((height, width)).reshape(2, -1)
-        diagonal = i + j
-        order = np.lexsort((np.where(diagonal % 2 == 1, i, -i), diagonal))
-    elif name == "custom":
-        order = np.asarray(pixel_order, np.int64)
-        if sorted(order.tolist()) != list(range(size)):
-            raise ValueError(
-                f"model.pixel_order must be a permutation of range({size}) (flat pixel "
-                f"indices in generation order), got {list(pixel_order)[:8]}..."
-            )
-    else:
-        raise ValueError(f"model.ordering must be one of {ORDERINGS}, got {name!r}")
-    steps = np.empty(size, np.int32)
-    steps[order] = np.arange(size)
-    steps = steps.reshape(height, width)
+def pixel_steps(name: str, height: int, width: int, pixel_order: tuple[int, ...] = (),
+                seed: int = 0) -> np.ndarray:
+    """Generation step of every pixel, int array `[H, W]` (`jaxar.models.orderings`: raster,
+    zigzag, random from `seed`, custom: `pixel_order` the flat pixel index i * W + j of
+    each step)."""
+    steps = orderings.position_steps(name, (height, width), pixel_order,
+                                     np.random.default_rng(seed))
     steps.setflags(write=False)  # shared by every caller through the cache
     return steps
 
@@ -154,8 +133,9 @@ class PixelSNAIL(base.Model):
     dropout_rate: float = 0.5
     nonlinearity: str = "concat_elu"
     num_classes: int = 0
-    ordering_name: str = "raster"
-    pixel_order: tuple[int, ...] = ()
+    ordering_name: str = "raster"  # any of `orderings.NAMES`: pixels in any order
+    pixel_order: tuple[int, ...] = ()  # ordering "custom": the pixel of each step
+    ordering_seed: int = 0  # ordering "random"
     conv_impl: str = "auto"
     likelihood_name: str = "dmol"  # or "categorical": codes, one channel
     embedding_features: int = 32  # the code embedding's size (categorical only)
@@ -169,7 +149,7 @@ class PixelSNAIL(base.Model):
     clip_high_log_scales: bool = True
 
     def setup(self):
-        # `cond_map` runs alone in the cached decoder: a setup module, named "cond_net".
+        # `cond_map` runs alone in the decoder: a setup module, named "cond_net".
         if self.cond_levels:
             (height, width, _), (h, w, _) = self.event_shape, self.cond_shape
             self.cond_net = layers.CodeUpsampler(self.cond_levels, self.cond_features,
@@ -185,7 +165,8 @@ class PixelSNAIL(base.Model):
 
     def pixel_steps(self) -> np.ndarray:
         height, width, _ = self.event_shape
-        return pixel_steps(self.ordering_name, height, width, self.pixel_order)
+        return pixel_steps(self.ordering_name, height, width, tuple(self.pixel_order),
+                           self.ordering_seed)
 
     def ordering(self):
         channels = self.event_shape[-1]
@@ -194,8 +175,7 @@ class PixelSNAIL(base.Model):
     @nn.nowrap
     def is_raster(self) -> bool:
         """Raster ordering: the up-left stream and spatial gated resnets (else all 1x1)."""
-        steps = self.pixel_steps()
-        return bool(np.array_equal(steps, base.raster_ordering(steps.shape)))
+        return orderings.is_raster(self.pixel_steps())
 
     @nn.nowrap
     def background(self) -> np.ndarray:
@@ -211,7 +191,7 @@ class PixelSNAIL(base.Model):
     @nn.nowrap
     def layer_names(self) -> dict:
         """The name of every layer, by role: the one table `__call__` names its layers
-        from and the cached decoder (`jaxar.models.pixelsnail_cache`) reads them by.
+        from (also when decoding).
 
         The stream's input: {"ul_above", "ul_left"} (raster: `sl.up_left_stream`) or
         {"shift_in"} (any other ordering: the previous pixel through a 1x1 layer);
@@ -277,55 +257,154 @@ class PixelSNAIL(base.Model):
         return self.cond_net(cond) if self.cond_levels else None
 
     @nn.compact
-    def __call__(self, x, labels=None, cond=None, train: bool = False):
+    def __call__(self, x, labels=None, cond=None, train: bool = False, step=None,
+                 cond_map=None):
         """Mixture parameters `[B, H, W, F]`, one vector per pixel (categorical:
-        logits `[B, H, W, 1, num_levels]`)."""
+        logits `[B, H, W, 1, num_levels]`).
+
+        Decoding (`decoder`: `step` t given, the "cache" collection of `jaxar.nn.cache`
+        at the pixel generated at step t): the parameters of that pixel only, `[B, 1, 1,
+        F]`, from x (every pixel generated before t written) and `cond_map` (`cond_map()`
+        of the codes, computed once). The same modules run there on the pixel alone: the
+        spatial layers from their caches, the attention over cached keys and values.
+        """
         names = self.layer_names()
         steps = self.pixel_steps()
+        batch, height, width, _ = x.shape
         label_BK = layers.one_hot_labels(labels, self.num_classes)
-        cond_BHWD = self.cond_map(cond)
+        embed = None
         if self.likelihood_name == "categorical":
             embed = nn.Embed(self.num_levels, self.embedding_features,
                              embedding_init=sl.direction_init, name=names["embed"])
+
+        def inputs(x):  # (the network's input, the same with the channel of ones)
+            if embed is None:
+                return sl.pixel_inputs(x, self.num_levels)
             x_in = embed(x[..., 0])  # N(0, 1) at init: the scale of dmol's x in [-1, 1]
-            x_pad = sl.with_ones(x_in)
-        else:
-            x_in, x_pad = sl.pixel_inputs(x, self.num_levels)
+            return x_in, sl.with_ones(x_in)
+
         background = self.background()
-        background = jnp.broadcast_to(background, (*x.shape[:-1], background.shape[-1]))
-        if self.is_raster():
-            ul = sl.up_left_stream(x_pad, self.features, self.conv_impl,
-                                   (names["ul_above"], names["ul_left"]))
+        if step is None:
+            cond_BHWD = self.cond_map(cond)
+            at = at_prev = lambda a_BHWD: a_BHWD
+            x_in, x_pad = inputs(x)
+            background = jnp.broadcast_to(background, (batch, height, width,
+                                                      background.shape[-1]))
+        else:  # the pixel generated at step t and the one before it
+            order = jnp.asarray(np.argsort(steps.ravel()).astype(np.int32))
+            pixel, prev = order[step], order[jnp.maximum(step - 1, 0)]  # t = 0: a placeholder
+
+            def pick(p):
+                def at(a_BHWD):
+                    a_BND = a_BHWD.reshape(a_BHWD.shape[0], height * width, -1)
+                    return jax.lax.dynamic_slice_in_dim(a_BND, p, 1, 1)[:, :, None]
+                return at
+
+            at, at_prev = pick(pixel), pick(prev)
+            cond_BHWD = cond_map
+            x_prev, x_prev_pad = inputs(at_prev(x))
+            background = jnp.broadcast_to(background[None], (batch, height, width,
+                                                            background.shape[-1]))
+        if self.is_raster():  # decoding: `jaxar.nn.cache` cuts the pixel's window from x_pad
+            ul = sl.up_left_stream(x_pad if step is None else inputs(x)[1], self.features,
+                                   self.conv_impl, (names["ul_above"], names["ul_left"]))
             conv = "down_right"
         else:
-            ul = sl.WNDense(self.features, name=names["shift_in"])(shift_in_order(x_pad, steps))
+            shifted = (shift_in_order(x_pad, steps) if step is None
+                       else jnp.where(step > 0, x_prev_pad, 0.0))
+            ul = sl.WNDense(self.features, name=names["shift_in"])(shifted)
             conv = "nin"
 
-        def resnet(kind, name, x, aux=None):
+        def resnet(kind, name, x, aux=None, where=at):
             module = sl.GatedResnet(kind, self.dropout_rate, self.nonlinearity, self.conv_impl,
                                     name=name)
-            return module(x, aux, label_BK, train, cond_BHWD)
+            return module(x, aux, label_BK, train, None if cond_BHWD is None
+                          else where(cond_BHWD))
 
-        for block in names["blocks"]:
+        for b, block in enumerate(names["blocks"]):
             for name in block["res"]:
                 ul = resnet(conv, name, ul)
-            content = resnet("nin", block["content"],
-                             jnp.concatenate([x_in, ul, background], axis=-1))
-            kv = sl.WNDense(self.key_features + self.value_features, name=block["kv"])(content)
-            query = resnet("nin", block["query_res"], jnp.concatenate([ul, background], -1))
+            kv_layer = sl.WNDense(self.key_features + self.value_features, name=block["kv"])
+            if step is None:
+                content = resnet("nin", block["content"],
+                                 jnp.concatenate([x_in, ul, background], axis=-1))
+                kv = kv_layer(content)
+                key, value = kv[..., : self.key_features], kv[..., self.key_features :]
+                self._build_cache(b, ul, key, value)
+            else:  # the keys and values of the pixel before, drawn now; its stream was kept
+                stream = self.variable("cache", f"stream{b}")
+                content = jnp.concatenate([x_prev, stream.value, at_prev(background)], -1)
+                kv = kv_layer(resnet("nin", block["content"], content, where=at_prev))
+                stream.value = ul
+                keys, values = self._cached_keys_values(b, kv, prev)
+            query = resnet("nin", block["query_res"], jnp.concatenate([ul, at(background)], -1))
             query = sl.WNDense(self.key_features, name=block["query"])(query)
-            key, value = kv[..., : self.key_features], kv[..., self.key_features :]
-            attended = causal_attention(query, key, value, steps, self.num_heads)
+            if step is None:
+                attended = causal_attention(query, key, value, steps, self.num_heads)
+            else:
+                visible_N = jnp.asarray(steps.ravel()) < step
+                attended = attend(query, keys, values, visible_N, step > 0, self.num_heads)
             ul = resnet("nin", block["out"], ul, attended)
         out = sl.WNDense(self.likelihood.num_params(), name=names["out"])(jax.nn.elu(ul))
-        if self.likelihood.groups_channels:
+        if self.likelihood.groups_channels or step is not None:
             return out
         return out.reshape(*x.shape, out.shape[-1])  # [B, H, W, 1, F]
 
+    def _build_cache(self, b, ul, key, value):
+        """Block b's decoding state, created while `jaxar.nn.cache.init` traces a full pass:
+        the stream at the last pixel and every pixel's keys and values `[B, H * W, heads,
+        d]` (raster index)."""
+        if not self.is_mutable_collection("cache") or self.is_initializing():
+            return
+        batch, n = ul.shape[0], ul.shape[1] * ul.shape[2]
+        self.variable("cache", f"stream{b}", jnp.zeros, (batch, 1, 1, ul.shape[-1]))
+        for kind, a in (("keys", key), ("values", value)):
+            shape = (batch, n, self.num_heads, a.shape[-1] // self.num_heads)
+            self.variable("cache", f"{kind}{b}", jnp.zeros, shape)
+
+    def _cached_keys_values(self, b, kv_B11F, p):
+        """Block b's key and value caches with pixel p's written from `kv_B11F`."""
+        caches = []
+        for kind, new in (("keys", kv_B11F[..., : self.key_features]),
+                          ("values", kv_B11F[..., self.key_features :])):
+            cache_var = self.variable("cache", f"{kind}{b}")
+            new = new.reshape(new.shape[0], 1, self.num_heads, -1)
+            cache_var.value = jax.lax.dynamic_update_slice_in_dim(cache_var.value, new, p, 1)
+            caches.append(cache_var.value)
+        return caches
+
     @nn.nowrap
     def decoder(self, variables, labels, cond, batch):
-        """Cached decoding in any ordering (`jaxar.models.pixelsnail_cache`)."""
-        return pixelsnail_cache.decoder(self, variables, labels, cond, batch)
+        """One call per pixel in generation order (the network output at a pixel does not
+        see it): this `__call__` with `step`, from `jaxar.nn.cache` caches."""
+        x_BHWC = jnp.zeros((batch, *self.event_shape), jnp.int32)
+        width = self.event_shape[1]
+        order = jnp.asarray(np.argsort(self.pixel_steps().ravel()).astype(np.int32))
+        cond_BHWD = None
+        if self.cond_levels:  # once for the whole map: `cond` is known before sampling
+            cond_BHWD = self.apply(variables, cond, method=PixelSNAIL.cond_map)
+
+        def step(state, x_flat_BD, t):
+            pixel = order[t]
+            decoding = {**variables, "cache": cache.at(state, pixel // width, pixel % width)}
+            x = x_flat_BD.reshape(batch, *self.event_shape)
+            params, updates = self.apply(decoding, x, labels, None, step=t, cond_map=cond_BHWD,
+                                         mutable=["cache"])
+            return params.reshape(batch, -1), updates["cache"]
+
+        state = cache.init(self, variables, x_BHWC, labels, cond)
+        return base.Decoder(state, step, dims_per_step=self.event_shape[-1])
+
+
+def attend(query_B11K, keys_BNHD, values_BNHD, visible_N, any_visible, num_heads):
+    """`causal_attention` for one query, over the cached pixels `visible_N`."""
+    batch = keys_BNHD.shape[0]
+    q = query_B11K.reshape(batch, 1, num_heads, -1)
+    logits_BH1N = jnp.einsum("bnhd,bmhd->bhnm", q, keys_BNHD) / q.shape[-1] ** 0.5
+    weights = jax.nn.softmax(jnp.where(visible_N, logits_BH1N, -1e30), axis=-1)
+    weights = weights * any_visible  # no earlier pixel: attend to nothing
+    out_B1HD = jnp.einsum("bhnm,bmhd->bnhd", weights, values_BNHD)
+    return out_B1HD.reshape(batch, 1, 1, -1)
 
 
 def check_config(f: dict, given: frozenset) -> None:
@@ -333,9 +412,8 @@ def check_config(f: dict, given: frozenset) -> None:
     shape, ordering, pixel_order = f["event_shape"], f["ordering_name"], f["pixel_order"]
     check_likelihood(f, given)
     check_code_cond(f, given)
-    if ordering != "custom" and pixel_order:
-        raise ValueError("model.pixel_order is read only with model.ordering='custom'")
-    pixel_steps(ordering, shape[0], shape[1], pixel_order)  # validates the ordering
+    orderings.check_fields(f)
+    pixel_steps(ordering, shape[0], shape[1], pixel_order, f["ordering_seed"])  # validates it
     key_features, value_features, num_heads = (
         f["key_features"], f["value_features"], f["num_heads"])
     if key_features % num_heads or value_features % num_heads:
@@ -343,7 +421,7 @@ def check_config(f: dict, given: frozenset) -> None:
             f"model.key_features={key_features} and model.value_features={value_features} "
             f"must both be divisible by model.num_heads={num_heads}"
         )
-    check_dropout_rate(f["dropout_rate"])
+    sl.check_dropout_rate(f["dropout_rate"])
     if f["nonlinearity"] not in sl.NONLINEARITIES:
         raise ValueError(
             f"model.nonlinearity must be one of {list(sl.NONLINEARITIES)}, "

@@ -4,8 +4,9 @@ The network runs over generation *steps*, not positions: step t reads the
 value generated at step t-1 (a learned start token at step 0, plus the class
 embedding for class-conditional models) and outputs the parameters of the
 dimension generated at step t. With the usual lower-triangular attention mask
-over steps, the mask follows the model's ordering ("raster", "zigzag" or
-"random"): dimension `order[t]` sees exactly the dimensions generated before it.
+over steps, the mask follows the model's ordering ("raster", "zigzag", "random"
+or "custom", `jaxar.models.orderings`): dimension `order[t]` sees exactly the
+dimensions generated before it.
 
 Each step's input adds to the token embedding two position encodings, of the
 dimension to predict (`order[t]`) and of the dimension the token comes from
@@ -28,43 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import distributions
-from jaxar.models import base, configs
+from jaxar.models import base, configs, orderings
 
-ORDERINGS = ("raster", "zigzag", "random")
 _MASKED = -1e30  # logit of attention weights that must be exactly zero
 
 
 @functools.cache
-def make_ordering(name: str, event_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """Generation step of every dimension, int array of `event_shape`.
-
-    raster: row by row, left to right, channels in order within a pixel.
-    zigzag: images `[H, W, C]` only; pixels along anti-diagonals i + j = s,
-      alternating direction as in JPEG ((0,0), (0,1), (1,0), (2,0), (1,1), ...),
-      channels in order within a pixel.
-    random: a fixed permutation drawn from `seed`.
-    """
-    size = int(np.prod(event_shape))
-    if name == "raster":
-        steps = base.raster_ordering(event_shape)
-    elif name == "random":
-        steps = np.random.default_rng(seed).permutation(size).reshape(event_shape)
-    elif name == "zigzag":
-        if len(event_shape) != 3:
-            raise ValueError(
-                f"model.ordering='zigzag' needs an image data.shape (H, W, C), got {event_shape}"
-            )
-        height, width, channels = event_shape
-        i, j = np.indices((height, width)).reshape(2, -1)
-        diagonal = i + j
-        # Along odd diagonals i increases (down-left), along even ones it decreases.
-        pixel_order = np.lexsort((np.where(diagonal % 2 == 1, i, -i), diagonal))
-        pixel_step = np.empty(height * width, np.int64)
-        pixel_step[pixel_order] = np.arange(height * width)
-        steps = (pixel_step[:, None] * channels + np.arange(channels)).reshape(event_shape)
-    else:
-        raise ValueError(f"model.ordering must be one of {ORDERINGS}, got {name!r}")
-    steps = steps.astype(np.int32)
+def make_ordering(name: str, event_shape: tuple[int, ...], seed: int = 0,
+                  pixel_order: tuple[int, ...] = ()) -> np.ndarray:
+    """Generation step of every dimension, int array of `event_shape`
+    (`jaxar.models.orderings`: raster, zigzag, random over every dimension from `seed`,
+    custom)."""
+    steps = orderings.dimension_steps(name, event_shape, pixel_order,
+                                      np.random.default_rng(seed))
     steps.setflags(write=False)  # shared by every caller through the cache
     return steps
 
@@ -194,8 +171,9 @@ class Transformer(base.Model):
     mlp_ratio: int = 4
     dropout_rate: float = 0.0
     position: str = "learned"
-    ordering_name: str = "raster"
+    ordering_name: str = "raster"  # any of `orderings.NAMES`
     ordering_seed: int = 0
+    pixel_order: tuple[int, ...] = ()  # ordering "custom": the position of each step
     num_classes: int = 0
 
     @property
@@ -203,7 +181,8 @@ class Transformer(base.Model):
         return distributions.make_likelihood(self.likelihood_name, self.num_levels)
 
     def ordering(self):
-        return make_ordering(self.ordering_name, tuple(self.event_shape), self.ordering_seed)
+        return make_ordering(self.ordering_name, tuple(self.event_shape), self.ordering_seed,
+                             tuple(self.pixel_order))
 
     def setup(self):
         d = self.features
@@ -306,7 +285,8 @@ def check_config(f: dict, given: frozenset) -> None:
     if not 0.0 <= f["dropout_rate"] < 1.0:
         raise ValueError(f"model.dropout_rate must lie in [0, 1), got {f['dropout_rate']}")
     # Raises for an unknown or unsuitable ordering.
-    make_ordering(f["ordering_name"], f["event_shape"], f["ordering_seed"])
+    orderings.check_fields(f)
+    make_ordering(f["ordering_name"], f["event_shape"], f["ordering_seed"], f["pixel_order"])
 
 
 configs.register(Transformer, configs.Spec(

@@ -127,8 +127,8 @@ class Geometry:
     `right`, with window strides `stride`. On that padded map ("input map") input
     position (a, b) sits at `input_at(a, b)`, and output (r, c) is the kh x kw window
     at `window_at(r, c)`. The shifted layers below are `WNConv`s of these geometries,
-    and cached decoders (`jaxar.models.pixelcnn_pp_cache`) keep input maps laid out by
-    them: the padding of each kind of layer is written here only.
+    which also lay out their decoding caches by them: the padding of each kind of layer
+    is written here only.
     """
 
     kh: int
@@ -188,60 +188,68 @@ def down_right_transpose_geometry(kernel_size=DOWN_RIGHT_KERNEL) -> Geometry:
     return Geometry(kh, kw, kh - 1, 1, kw - 1, 1, dilation=2)
 
 
-def covering(*geometries: Geometry) -> Geometry:
-    """The padding of one stride-1 input map that several layers' windows read (`offset`)."""
-    return Geometry(
-        1, 1, max(g.top for g in geometries), max(g.bottom for g in geometries),
-        max(g.left for g in geometries), max(g.right for g in geometries),
-    )
-
-
-def offset(geom: Geometry, map_geom: Geometry) -> tuple[int, int]:
-    """Where the input map of `geom` starts on a larger map laid out by `map_geom`."""
-    return (map_geom.top - geom.top, map_geom.left - geom.left)
-
-
-def wn_conv_window(p, window: jax.Array, strides=(1, 1)) -> jax.Array:
-    """A `WNConv` with parameters p (`v`, `g`, `b`) on a window of its input map (VALID).
-
-    A window of the kernel's size gives one position `[B, 1, 1, O]` (a matrix
-    product); a k_h-row strip gives a row.
-    """
-    kernel = wn_kernel(p["v"])
-    if window.shape[1:3] == kernel.shape[:2]:  # one position: a matrix product
-        batch, features = window.shape[0], kernel.shape[-1]
-        y = (window.reshape(batch, -1) @ kernel.reshape(-1, features)).reshape(batch, 1, 1, -1)
-    else:
-        y = jax.lax.conv_general_dilated(window, kernel, strides, "VALID",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return wn_affine(y, p["g"], p["b"])
-
-
-def wn_dense(p, x: jax.Array) -> jax.Array:
-    """A `WNDense` with parameters p (`v`, `g`, `b`)."""
-    return wn_affine(x @ wn_kernel(p["v"]), p["g"], p["b"])
-
-
 class WNConv(nn.Module):
     """Weight-normalized 2-D convolution of a `Geometry` (padding, stride, dilation), NHWC.
 
     `geometry.dilation=2` makes it a stride-2 transposed convolution (zeros
     between input pixels). What an output sees is set by the padding: see the
-    shifted wrappers below. `conv_impl` (`jaxar.nn.fast_conv`) applies to stride-1
+    shifted wrappers below. `shift` (sr, sc), each 0 or 1, moves the output sr rows
+    down and sc columns right, zeros entering (`layers.down_shift`,
+    `layers.right_shift`). `conv_impl` (`jaxar.nn.fast_conv`) applies to stride-1
     convolutions; strided and transposed ones always run as XLA's convolution.
+
+    Decoding (the "cache" collection of `jaxar.nn.cache`, position (i, j) in the
+    layer's input resolution): the layer keeps its input map, padded and dilated as
+    its geometry lays it out. Given its input at (i, j), `[B, 1, 1, C]` (row i,
+    `[B, 1, W, C]`, if it `decodes_rows`), it writes it there; given its full input
+    `[B, H, W, C]` it reads that instead; given None it writes nothing. It then
+    returns the output whose window (`Geometry.window_at`) it reaches from (i, j):
+    output (i, j) (of a shifted layer (i - sr, j - sc)), of a stride-s layer
+    (i // s, j // s), or row i of it; `output=False` only writes. A transposed layer
+    is written at its input's position and read at its output's.
     """
 
     features: int
     geometry: Geometry
     init_scale: float = 1.0
     conv_impl: str = "auto"
+    shift: tuple[int, int] = (0, 0)
+    decode_rows: bool | None = None  # None: `decodes_rows` from the geometry
+
+    @property
+    def decodes_rows(self) -> bool:
+        """Whether decoding runs a row at a time: by default when the window of output
+        (i, j) reads input right of (i, j) in row i (not for a layer shifted down)."""
+        if self.decode_rows is not None:
+            return self.decode_rows
+        geom = self.geometry
+        return geom.kw - 1 > geom.left and self.shift[0] == 0
+
+    def __call__(self, x_BHWC: jax.Array | None, output: bool = True) -> jax.Array | None:
+        y = self.conv(x_BHWC, output)
+        if y is None or self.shift == (0, 0):
+            return y
+        if self.has_variable("cache", "position"):  # decoding: `conv` read the shifted window
+            i, j = self.get_variable("cache", "position")
+            return jnp.where((i >= self.shift[0]) & (j >= self.shift[1]), y, 0.0)
+        if self.shift[0]:
+            y = layers.down_shift(y)
+        if self.shift[1]:
+            y = layers.right_shift(y)
+        return y
 
     @nn.compact
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    def conv(self, x_BHWC: jax.Array | None, output: bool = True) -> jax.Array | None:
+        """The weight-normalized convolution before the shift (decoding: at the position
+        the shift reads)."""
         geom = self.geometry
-        v = self.param("v", shape_only(self, direction_init),
-                       (geom.kh, geom.kw, x_BHWC.shape[-1], self.features))
-        kernel = wn_kernel(v)
+        if self.has_variable("cache", "position"):
+            return self._decode(x_BHWC, output)
+        if self.is_mutable_collection("cache") and not self.is_initializing():
+            self.variable("cache", "position", lambda: jnp.zeros((2,), jnp.int32))
+            self.variable("cache", "inputs", jnp.zeros, geom.map_shape(*x_BHWC.shape),
+                          x_BHWC.dtype)
+        kernel = wn_kernel(self._direction(x_BHWC.shape[-1]))
         if geom.stride == geom.dilation == 1:
             impl = fast_conv.resolve_impl(self.conv_impl, shifted=True)
             y = fast_conv.conv(x_BHWC, kernel, None, 1, impl, geom.padding)
@@ -255,6 +263,58 @@ class WNConv(nn.Module):
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         return _data_dependent_affine(self, y, self.init_scale)
+
+    def _direction(self, in_features: int) -> jax.Array:
+        geom = self.geometry
+        return self.param("v", shape_only(self, direction_init),
+                          (geom.kh, geom.kw, in_features, self.features))
+
+    def _decode(self, x_BHWC, output):
+        geom, rows = self.geometry, self.decodes_rows
+        i, j = self.get_variable("cache", "position")
+        inputs = self.variable("cache", "inputs")
+        padded = inputs.value
+        full = x_BHWC is not None and geom.map_shape(*x_BHWC.shape) == padded.shape
+        if full:  # the whole input, e.g. the image: read, not cached
+            inner = geom.dilation - 1
+            config = [(0, 0, 0), (geom.top, geom.bottom, inner), (geom.left, geom.right, inner),
+                      (0, 0, 0)]
+            padded = jax.lax.pad(x_BHWC.astype(padded.dtype), jnp.zeros((), padded.dtype),
+                                 config)
+            if x_BHWC.shape[1] == 1:  # also the input's one row: a later call may only read
+                inputs.value = padded
+        elif x_BHWC is not None:
+            if rows and geom.dilation > 1:  # zeros between the row's inputs
+                interior = [(0, 0, 0), (0, 0, 0), (0, 0, geom.dilation - 1), (0, 0, 0)]
+                x_BHWC = jax.lax.pad(x_BHWC, jnp.zeros((), x_BHWC.dtype), interior)
+            start = (0, *geom.input_at(i, 0 if rows else j), 0)
+            padded = jax.lax.dynamic_update_slice(padded, x_BHWC.astype(padded.dtype), start)
+            inputs.value = padded
+        if not output:
+            return None
+        r = jnp.maximum(i - self.shift[0], 0) // geom.stride
+        c = jnp.maximum(j - self.shift[1], 0) // geom.stride
+        top, left = geom.window_at(r, c)
+        batch, _, cols, channels = padded.shape
+        if rows:
+            window = jax.lax.dynamic_slice(padded, (0, top, 0, 0), (batch, geom.kh, cols, channels))
+        else:
+            window = jax.lax.dynamic_slice(padded, (0, top, left, 0),
+                                           (batch, geom.kh, geom.kw, channels))
+        kernel = wn_kernel(self._direction(channels))
+        return _data_dependent_affine(self, _window_conv(window, kernel, (1, geom.stride)),
+                                      self.init_scale)
+
+
+def _window_conv(window: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array:
+    """VALID convolution of a window of a layer's input map: a kernel-sized window gives
+    one position `[B, 1, 1, O]` (a matrix product), a k_h-row strip a row."""
+    if window.shape[1:3] == kernel.shape[:2]:
+        batch, features = window.shape[0], kernel.shape[-1]
+        return (window.reshape(batch, -1) @ kernel.reshape(-1, features)).reshape(
+            batch, 1, 1, -1)
+    return jax.lax.conv_general_dilated(window, kernel, strides, "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class WNDense(nn.Module):
@@ -343,6 +403,7 @@ class GatedResnet(nn.Module):
     chosen conv can not see in x, nor positions of `aux` or `cond_BHWD` other than
     (i, j). `nonlinearity="elu"` is the released PixelSNAIL's. Sub-layers: "conv_in",
     "aux_in" (with aux), "gate_out", "label_bias" (with labels), "cond_in" (with cond).
+    Decoding (`WNConv`'s cache), x, aux and cond are the cache's position or row.
     """
 
     conv: str
@@ -406,9 +467,22 @@ def up_left_stream(x_pad: jax.Array, features: int, conv_impl: str = "auto",
     Output (i, j) can NOT see pixel (i, j) itself nor any later pixel in
     raster order: rows above via a down-shifted 1x3 conv, the row's earlier
     pixels via a right-shifted 2x1 conv (`UP_LEFT_ABOVE`, `UP_LEFT_LEFT`; their
-    layer names: `names`).
+    layer names: `names`). Decoding, it reads the full `x_pad` at the cache's pixel.
     """
+    above, left = up_left_layers(features, conv_impl, names)
+    return above(x_pad) + left(x_pad)
+
+
+def up_left_layers(features: int, conv_impl: str = "auto",
+                   names: tuple[str | None, str | None] = (None, None)) -> tuple[WNConv, WNConv]:
+    """`up_left_stream`'s two layers, their outputs shifted: the rows above (down by one),
+    the row's earlier pixels (right by one)."""
     above_name, left_name = names
-    above = WNConv(features, UP_LEFT_ABOVE, conv_impl=conv_impl, name=above_name)(x_pad)
-    left = WNConv(features, UP_LEFT_LEFT, conv_impl=conv_impl, name=left_name)(x_pad)
-    return layers.down_shift(above) + layers.right_shift(left)
+    return (WNConv(features, UP_LEFT_ABOVE, conv_impl=conv_impl, shift=(1, 0), name=above_name),
+            WNConv(features, UP_LEFT_LEFT, conv_impl=conv_impl, shift=(0, 1), name=left_name))
+
+
+def check_dropout_rate(rate) -> None:
+    """model.dropout_rate of the gated resnets: in [0, 1)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"model.dropout_rate must lie in [0, 1), got {rate}")
