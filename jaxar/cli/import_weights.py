@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar import config, files, models, tf_checkpoint
+from jaxar import cli, config, files, models, tf_checkpoint
 from jaxar.models import released
 from jaxar.training import checkpoint, train
 
@@ -46,7 +46,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxar-import", description=__doc__.split("\n")[0])
+    p = cli.Parser("jaxar-import", __doc__)
     p.add_argument("source", help=f"whose weights: {', '.join(SOURCES)}")
     p.add_argument("checkpoint", help="the TensorFlow checkpoint: a V1 file or a V2 prefix")
     p.add_argument("--workdir", required=True, help="new (or empty) directory to write")
