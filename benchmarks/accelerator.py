@@ -44,7 +44,7 @@ advance, runs last. With random weights the conditionals hardly depend on the co
 so fixed_point converges in far fewer passes than it would for a trained model.
 
 The JSON (`--out`) is rewritten after every measurement, so a run cut short keeps what it
-measured. See the README ("Accelerator benchmark") for the figures measured so far.
+measured. See docs/benchmarks.md for the figures measured so far.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """jaxar's train steps vs the same networks in PyTorch, in one process: PixelCNN, PixelCNN++.
 
-  python benchmarks/torch_reference.py               # needs torch (README, "Fast paths")
+  python benchmarks/torch_reference.py               # needs torch (docs/benchmarks.md)
   python benchmarks/torch_reference.py --models pixelcnn_pp_default --rounds 20 --threads 2
 
 `--models` (comma-separated, default all of `MODELS`):
@@ -470,7 +470,7 @@ def main(argv=None):
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     if torch is None:
-        print("torch is not installed: skipped (README, \"Fast paths and benchmarks\")")
+        print("torch is not installed: skipped (docs/benchmarks.md)")
         return
     torch.set_num_threads(args.threads)
     print(f"{cpu_model()} ({os.cpu_count()} cores), jax {jax.__version__}, "

@@ -1,5 +1,5 @@
 """Priors over the codes of a trained VQ-VAE on MNIST (experiments/vqvae_mnist.py): the
-second stage of the latent-prior pipeline (README, "Latent priors").
+second stage of the latent-prior pipeline (docs/guides/latent.md).
 
 `data.path` names the VQ-VAE's workdir (default runs/vqvae_mnist); its train and test
 images are encoded there once (`codes/`) and served as code maps.

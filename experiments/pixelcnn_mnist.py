@@ -9,7 +9,7 @@ Variants (`--config experiments/pixelcnn_mnist.py:VARIANT`):
            epochs of TFDS MNIST thresholded at 0.5. The survey reports 0.1177 test bits/dim.
   paper    van den Oord et al. (2016): 15 residual blocks of h=64 (2h=128 features),
            3x3 masked convs, Bernoulli, on TFDS `binarized_mnist`; published NLL 81.30
-           nats (eval/nll_nats). Needs prepared TFDS data (README, "Data").
+           nats (eval/nll_nats). Needs prepared TFDS data (docs/guides/data.md).
            jaxar-train --config experiments/pixelcnn_mnist.py:paper \
                --workdir runs/pixelcnn_paper
 """

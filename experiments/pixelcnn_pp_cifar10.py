@@ -3,14 +3,14 @@
 Variants (`--config experiments/pixelcnn_pp_cifar10.py:VARIANT`):
   default  a CPU-sized PixelCNN++ (3 resolutions, 1 resnet per stage, 32 filters, 5
            mixtures) on TFDS cifar10; about 0.5 s per step of 16 images on a 2-core CPU.
-           Needs prepared TFDS data (README, "Data"); any folder of images works too:
+           Needs prepared TFDS data (docs/guides/data.md); any folder of images works too:
            jaxar-train --config experiments/pixelcnn_pp_cifar10.py \
                --workdir runs/pixelcnn_pp_cifar10
            jaxar-train --config experiments/pixelcnn_pp_cifar10.py \
                --workdir runs/pixelcnn_pp_gems --config.data.source=folder \
                --config.data.path=PATH/TO/IMAGES
   mnist    the default network on the embedded 5k MNIST sample at 8 bits (28x28x1, 256
-           levels): runs anywhere with no download (README, "Results").
+           levels): runs anywhere with no download (docs/results.md).
            jaxar-train --config experiments/pixelcnn_pp_cifar10.py:mnist \
                --workdir runs/pixelcnn_pp_mnist
   smoke    seconds: 8x8x3 synthetic stripes, for tests and the CLI check.

@@ -2,12 +2,12 @@
 
 Variants (`--config experiments/pixelsnail_cifar10.py:VARIANT`):
   default  a CPU-sized PixelSNAIL (2 blocks of 2 resnets + attention, 32 filters, 5
-           mixtures) on TFDS cifar10. Needs prepared TFDS data (README, "Data"), or use
+           mixtures) on TFDS cifar10. Needs prepared TFDS data (docs/guides/data.md), or use
            --config.data.source=folder --config.data.path=PATH/TO/IMAGES.
            jaxar-train --config experiments/pixelsnail_cifar10.py \
                --workdir runs/pixelsnail_cifar10
   mnist    the default network on the embedded 5k MNIST sample at 8 bits (28x28x1, 256
-           levels): runs anywhere with no download (README, "Results").
+           levels): runs anywhere with no download (docs/results.md).
            jaxar-train --config experiments/pixelsnail_cifar10.py:mnist \
                --workdir runs/pixelsnail_mnist
   smoke    seconds: 8x8x3 synthetic stripes, for tests.

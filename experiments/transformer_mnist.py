@@ -14,7 +14,7 @@ Variants (`--config experiments/transformer_mnist.py:VARIANT`):
            0.1) with full attention over the 784 pixels: 8 blocks, on TFDS
            `binarized_mnist`. The seed survey reports 0.1486 test bits/dim for its
            (smaller) Transformer on MNIST thresholded at 0.5. For accelerators; needs
-           prepared TFDS data (README, "Data").
+           prepared TFDS data (docs/guides/data.md).
            jaxar-train --config experiments/transformer_mnist.py:paper \
                --workdir runs/transformer_paper
 """

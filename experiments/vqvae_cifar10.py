@@ -4,7 +4,7 @@ of 512 codes of dimension 64 (EMA decay 0.99, commitment cost 0.25), a 16x16 bot
 an 8x8 top code map for 32x32x3 images, batch 128, Adam at 3e-4.
 
 Variants (`--config experiments/vqvae_cifar10.py:VARIANT`):
-  default  TFDS cifar10 (prepared ArrayRecord, README "Data"), or an image folder with
+  default  TFDS cifar10 (prepared ArrayRecord, docs/guides/data.md), or an image folder with
            --config.data.source=folder --config.data.path=PATH/TO/IMAGES.
            jaxar-train --config experiments/vqvae_cifar10.py --workdir runs/vqvae_cifar10
   smoke    seconds: 8x8x3 synthetic stripes and a tiny network (for tests).

@@ -1,5 +1,5 @@
 """A two-level VQ-VAE (VQ-VAE-2 style) on the embedded 5k MNIST sample: the first stage
-of the latent-prior pipeline (README, "Latent priors").
+of the latent-prior pipeline (docs/guides/latent.md).
 
 28x28 grey images at 8 bits are encoded into a 7x7 top and a 14x14 bottom map of codes
 from one codebook each (EMA updates, decay 0.99, commitment cost 0.25, dead codes

@@ -12,7 +12,7 @@ Variants (`--config experiments/wavenet_audio.py:VARIANT`):
                    centre-cropped or zero-padded), conditioned on the word; three stacks of
                    dilations 1..512 (receptive field 3071 samples, 192 ms) with 64
                    residual and 256 skip channels, close to the paper's audio models. For
-                   accelerators; needs prepared TFDS data (README, "Data").
+                   accelerators; needs prepared TFDS data (docs/guides/data.md).
                    jaxar-train --config experiments/wavenet_audio.py:speech_commands \
                        --workdir runs/wavenet_speech
   nsynth           TFDS `nsynth/gansynth_subset` (acoustic notes), the middle second of

@@ -12,7 +12,7 @@ Variants (`--config experiments/wavenet_mnist.py:VARIANT`):
   smoke        seconds, for tests.
   tfds         the default network on TFDS `mnist` (60k images) thresholded at 0.5 as in
                the seed survey (which reports 0.1240 test bits/dim for its WaveNet), 20
-               epochs of batch 128. Needs prepared TFDS data (README, "Data").
+               epochs of batch 128. Needs prepared TFDS data (docs/guides/data.md).
 Sample grids show the sequences as 28x28 images (`data.image_shape`).
 """
 

@@ -53,3 +53,13 @@ def test_ci_runs_the_readme_test_command_and_builds_the_docs():
     assert command in readme
     assert command in ci
     assert "python -m sphinx -W" in ci
+
+
+def test_the_readme_python_example_runs():
+    """The README's API example, as written (a smoke model: seconds)."""
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (the README's own code)
+    xs, bpd = namespace["xs"], namespace["bpd"]
+    assert xs.shape == (4, *namespace["model"].event_shape)
+    assert bpd.shape == (4,) and (bpd > 0).all()

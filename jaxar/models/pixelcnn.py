@@ -5,7 +5,7 @@ Two architectures share the masked convolutions of `jaxar.nn.layers`:
 * "residual" (the paper's): a mask-A 7x7 input convolution to 2h features,
   residual blocks 2h -> h (1x1) -> h (masked k x k, dilated) -> 2h (1x1), and
   a 1x1 output head.
-* "plain" (the seed survey's network): a mask-A convolution followed by
+* "plain" (the `seed` variant's network): a mask-A convolution followed by
   mask-B convolutions of the same size with ReLU between them; the last one
   outputs the likelihood parameters.
 
