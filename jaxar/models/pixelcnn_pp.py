@@ -17,6 +17,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from jaxar import distributions
 from jaxar.models import base, configs, decoding, released
@@ -255,10 +256,15 @@ class Decoding:
     def _apply(self, state, layer_names, a, b, method, *args):
         """`model.method(*args)` with the caches of `layer_names` at (a, b): its result and
         the state with their updated caches."""
-        caches = cache.at({name: state[name] for name in layer_names}, a, b)
-        out, updates = self.model.apply({**self.variables, "cache": caches}, *args,
-                                        method=method, mutable=["cache"])
-        return out, {**state, **updates.get("cache", {})}
+        before = {name: state[name] for name in layer_names}
+        out, updates = self.model.apply({**self.variables, "cache": cache.at(before, a, b)},
+                                        *args, method=method, mutable=["cache"])
+        # Positions are set before every pass: the state keeps the old ones, so that no
+        # position goes through a `lax.cond`.
+        old = traverse_util.flatten_dict(before)
+        new = {path: old[path] if path[-1] == "position" else leaf
+               for path, leaf in traverse_util.flatten_dict(updates.get("cache", {})).items()}
+        return out, {**state, **traverse_util.unflatten_dict(new)}
 
     def _conv_names(self, level, stream):
         """The convolutions of `stream` at resolution `level`: up-pass resnets and the
@@ -297,8 +303,8 @@ class Decoding:
             even = a % 2 == 0 if stream == "u" else (a % 2 == 0) & (b % 2 == 0)
             s = when(even, lower, s)
         count = len(self.names["down"][level][f"{stream}_res"])
-        u_down = None if stream == "u" else [column(s[f"u/down{level}/{m}"])
-                                             for m in range(count)]
+        u_down = None if stream == "u" else [column(s[f"u/down{level}/{k}"])
+                                             for k in range(count)]
         outputs, s = self._apply(s, second, a, b, m.down_pass, level, stream, entries, u_down,
                                  self.labels)
         if stream == "u":
@@ -337,25 +343,27 @@ class Decoding:
 
 
 def when(pred, fn, s: dict) -> dict:
-    """`fn(s)` if pred else s; only the entries fn changes go through the `lax.cond`
-    (the rest is read-only there), so that no unchanged cache is copied."""
+    """`fn(s)` if pred else s; only the arrays fn changes go through the `lax.cond` (the
+    rest is read-only there), so that no unchanged cache is copied."""
+    flat = traverse_util.flatten_dict(s)
     changed = []
 
     def probe(s):
-        out = fn(dict(s))
-        changed.extend(k for k in out if k not in s or out[k] is not s[k])
+        before = traverse_util.flatten_dict(s)
+        out = traverse_util.flatten_dict(fn(dict(s)))
+        changed.extend(k for k in out if k not in before or out[k] is not before[k])
         return 0
 
     jax.eval_shape(probe, s)
-    if any(k not in s for k in changed):  # tracing for the state's shapes: every entry
+    if any(k not in flat for k in changed):  # tracing for the state's shapes: every entry
         return fn(s)
 
     def run(sub):
-        out = fn({**s, **sub})
+        out = traverse_util.flatten_dict(fn(traverse_util.unflatten_dict({**flat, **sub})))
         return {k: out[k] for k in changed}
 
-    sub = jax.lax.cond(pred, run, lambda sub: sub, {k: s[k] for k in changed})
-    return {**s, **sub}
+    sub = jax.lax.cond(pred, run, lambda sub: sub, {k: flat[k] for k in changed})
+    return traverse_util.unflatten_dict({**flat, **sub})
 
 
 def check_config(f: dict, given: frozenset) -> None:

@@ -275,28 +275,27 @@ class WNConv(nn.Module):
         inputs = self.variable("cache", "inputs")
         padded = inputs.value
         full = x_BHWC is not None and geom.map_shape(*x_BHWC.shape) == padded.shape
-        if full:  # the whole input, e.g. the image: read, not cached
-            inner = geom.dilation - 1
-            config = [(0, 0, 0), (geom.top, geom.bottom, inner), (geom.left, geom.right, inner),
-                      (0, 0, 0)]
-            padded = jax.lax.pad(x_BHWC.astype(padded.dtype), jnp.zeros((), padded.dtype),
-                                 config)
-            if x_BHWC.shape[1] == 1:  # also the input's one row: a later call may only read
-                inputs.value = padded
-        elif x_BHWC is not None:
-            if rows and geom.dilation > 1:  # zeros between the row's inputs
-                interior = [(0, 0, 0), (0, 0, 0), (0, 0, geom.dilation - 1), (0, 0, 0)]
-                x_BHWC = jax.lax.pad(x_BHWC, jnp.zeros((), x_BHWC.dtype), interior)
-            start = (0, *geom.input_at(i, 0 if rows else j), 0)
+        # The whole input (e.g. the image) is read, not cached; an input of one row is also
+        # a row or position input, which a later call may only read: cached.
+        if x_BHWC is not None and (not full or x_BHWC.shape[1] == 1):
+            if geom.dilation > 1:  # zeros between the inputs
+                inner = geom.dilation - 1
+                config = [(0, 0, 0), (0, 0, 0), (0, 0, inner if full or rows else 0),
+                          (0, 0, 0)]
+                x_BHWC = jax.lax.pad(x_BHWC, jnp.zeros((), x_BHWC.dtype), config)
+            start = (0, *geom.input_at(0 if full else i, 0 if rows or full else j), 0)
             padded = jax.lax.dynamic_update_slice(padded, x_BHWC.astype(padded.dtype), start)
             inputs.value = padded
+            full = False
         if not output:
             return None
         r = jnp.maximum(i - self.shift[0], 0) // geom.stride
         c = jnp.maximum(j - self.shift[1], 0) // geom.stride
         top, left = geom.window_at(r, c)
         batch, _, cols, channels = padded.shape
-        if rows:
+        if full:
+            window = _window_of(x_BHWC.astype(padded.dtype), geom, top, None if rows else left)
+        elif rows:
             window = jax.lax.dynamic_slice(padded, (0, top, 0, 0), (batch, geom.kh, cols, channels))
         else:
             window = jax.lax.dynamic_slice(padded, (0, top, left, 0),
@@ -304,6 +303,20 @@ class WNConv(nn.Module):
         kernel = wn_kernel(self._direction(channels))
         return _data_dependent_affine(self, _window_conv(window, kernel, (1, geom.stride)),
                                       self.init_scale)
+
+
+def _window_of(x_BHWC: jax.Array, geom: Geometry, top, left) -> jax.Array:
+    """The window at (top, left) of the input map of x (stride-1 geometry), or the strip of
+    its kh rows at `top` with `left=None`, cut from x without padding the whole map."""
+    height, width = x_BHWC.shape[1:3]
+    rows = top - geom.top + jnp.arange(geom.kh)
+    inside = ((rows >= 0) & (rows < height))[None, :, None, None]
+    strip = jnp.where(inside, jnp.take(x_BHWC, jnp.clip(rows, 0, height - 1), axis=1), 0.0)
+    if left is None:
+        return jnp.pad(strip, ((0, 0), (0, 0), (geom.left, geom.right), (0, 0)))
+    cols = left - geom.left + jnp.arange(geom.kw)
+    inside = ((cols >= 0) & (cols < width))[None, None, :, None]
+    return jnp.where(inside, jnp.take(strip, jnp.clip(cols, 0, width - 1), axis=2), 0.0)
 
 
 def _window_conv(window: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array:
