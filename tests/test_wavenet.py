@@ -37,8 +37,17 @@ def conditional():
     return model, random_variables(model, cfg)
 
 
-def unconditional(model, length=10):
-    return model.clone(event_shape=(length,), num_classes=0, cond_shape=None)
+def unconditional(model, variables, length=10):
+    """The same network without its label and conditioning layers, and of `variables` the
+    ones it has (the API refuses variables of another model, extra layers included)."""
+    model = model.clone(event_shape=(length,), num_classes=0, cond_shape=None)
+    x = jnp.zeros((1, length), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x))
+
+    def keep(want, have):
+        return {k: keep(v, have[k]) if hasattr(v, "keys") else have[k] for k, v in want.items()}
+
+    return model, keep(shapes, variables)
 
 
 def random_cond(seed, batch, frames):
@@ -61,7 +70,7 @@ def test_causal_on_long_sequences(conditional):
     model, variables = conditional
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 2, (3, 64)), jnp.int32)
-    assert check_causal_perturbation(unconditional(model, 64), variables, x, rng) > 0
+    assert check_causal_perturbation(*unconditional(model, variables, 64), x, rng) > 0
     long_model = model.clone(event_shape=(64,), cond_shape=(32, 1))
     labels, cond = jnp.array([0, 1, 2]), random_cond(2, 3, 32)
     changed = check_causal_perturbation(long_model, variables, x, rng, labels=labels, cond=cond)
@@ -70,7 +79,7 @@ def test_causal_on_long_sequences(conditional):
 
 def test_receptive_field_is_exact(conditional):
     model, variables = conditional
-    long_model = unconditional(model, 64)
+    long_model, variables = unconditional(model, variables, 64)
     field = long_model.receptive_field
     assert field == 2 + 1 + 2 + 4
     x = jnp.asarray(np.random.default_rng(3).integers(0, 2, (4, 64)), jnp.int32)
@@ -84,7 +93,7 @@ def test_receptive_field_is_exact(conditional):
 
 def test_cached_equals_naive_unconditional(conditional):
     model, variables = conditional
-    long_model = unconditional(model, 48)
+    long_model, variables = unconditional(model, variables, 48)
     key = jax.random.key(7)
     naive = jaxar.sample(long_model, variables, key, 6, method="naive")
     cached = jaxar.sample(long_model, variables, key, 6, method="cached")
