@@ -4,7 +4,6 @@ and images sampled and completed through them from the CLI and from Python."""
 
 import json
 import pathlib
-import runpy
 
 import jax
 import numpy as np
@@ -13,10 +12,10 @@ from PIL import Image
 
 import jaxar
 from jaxar import data
+from jaxar.cli import sample as sample_cli  # the tests call its functions
 from jaxar.data import codes as codes_data
 from jaxar.training import codes, train
 
-sample_cli = type("SampleCli", (), runpy.run_module("jaxar.cli.sample"))
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRIORS = str(ROOT / "experiments" / "latent_prior_mnist.py")
 

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import pathlib
-import runpy
 import signal
 import subprocess
 import sys
@@ -15,11 +14,8 @@ import pytest
 from PIL import Image
 
 import jaxar
+from jaxar.cli import sample as sample_cli  # the tests call its functions
 from jaxar.training import checkpoint, train
-
-# The CLI module is loaded the way `python -m` runs it, with its namespace as a class;
-# the tests call its functions directly.
-sample_cli = type("SampleCli", (), runpy.run_module("jaxar.cli.sample"))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
