@@ -16,33 +16,23 @@ convolution costs 25 taps, not 49, in the forward pass and in both gradients:
   `dW = x^T @ g`. With no dx wanted (a network's data input) and fewer input than
   output features, dW comes from the patches of x instead.
 
-Why not XLA's convolution on CPU: its gradients, the weight gradient above all, run
-far below the machine's matmul speed (measured here: 64->64 7x7, batch 128 at 28x28,
-forward 0.25-0.44 s, both gradients 1.1-1.4 s; im2col: forward 0.15 s, both gradients
-0.25 s), while its forward is fine for small kernels. Why chunks: the patches of a
-whole batch are large (642 MB for that layer) and XLA:CPU pays a page fault for every
-page of a fresh buffer, which made a whole-batch gather cost more than its matmul, so
-gathers run over batch chunks of about `CHUNK_BYTES` and are recomputed, never stored.
-The weight gradient is computed as `(x^T)(g)` with x^T materialized: XLA folds a
-transpose into a contraction over the matmul's leading axis, which XLA:CPU runs in a
-generic kernel at half the speed of its matmul kernels.
+Why not XLA's convolution on CPU: its gradients, the weight gradient above all, run far
+below the machine's matmul speed, while its forward is fine for small kernels. Why
+chunks: the patches of a whole batch are large (hundreds of MB for a 64->64 7x7 layer at
+batch 128) and XLA:CPU pays a page fault for every page of a fresh buffer, so gathers run
+over batch chunks of about `CHUNK_BYTES` and are recomputed, never stored. The weight
+gradient is computed as `(x^T)(g)` with x^T materialized: XLA folds a transpose into a
+contraction over the matmul's leading axis, which XLA:CPU runs in a slower generic kernel.
 
 `conv_impl` ("auto" | "plain" | "im2col" | "split") selects the implementation for
 the layers in `jaxar.nn.layers` and the stride-1 convolutions of `jaxar.nn.shifted_layers`;
 "plain" is the dense masked `lax.conv_general_dilated`. "split" (raster-masked
 convolutions only; other layers given it follow "auto") runs XLA's convolution on the
 two dense parts of the mask, forward and gradients. "auto" is "im2col" on CPU and
-"plain" on GPU and TPU (not measured there: no accelerator was available), except for
-the shifted convolutions, which have no masked taps to skip: "plain" on CPUs with
-AVX-512 too (`resolve_impl`). Measured on 2-core CPUs (`benchmarks/train_throughput.py --rounds 5`,
-train steps of whole models, im2col / plain): seed PixelCNN (7x7, 64 features, batch
-128) 2.6-2.9x, the CPU defaults of PixelCNN 1.25x, Gated PixelCNN 1.7x; the shifted
-convolutions' gain depends on the CPU: PixelCNN++ 1.1x and PixelSNAIL 1.04x at `default`
-size on one AMD EPYC, a tie at paper size; on another (AVX2 only) PixelCNN++ 1.05x at
-`default` size and 1.24x at paper size (steps alternated in one process), PixelSNAIL
-1.15x at `default` size; PixelCNN++
-0.88x (`default`) and 0.93x (paper size), PixelSNAIL within noise, on a third (AVX-512),
-where XLA's own convolution gradients are as fast as the gathered ones at 4-6 taps.
+"plain" on GPU and TPU, except for the shifted convolutions, which have no masked taps to
+skip: "plain" on CPUs with AVX-512 too, where XLA's own convolution gradients are as fast
+as the gathered ones (`resolve_impl`). The measured train-step speeds behind these rules
+are in docs/benchmarks.md (`benchmarks/train_throughput.py`, `benchmarks/torch_reference.py`).
 """
 
 from __future__ import annotations
@@ -82,10 +72,7 @@ def resolve_impl(impl: str, masked: bool = False, shifted: bool = False) -> str:
     elsewhere, except for `shifted` layers (the weight-normalized shifted convolutions of
     `jaxar.nn.shifted_layers`: 4 or 6 taps, none masked, so there is nothing to skip) on
     CPUs with AVX-512 (`cpu_has_avx512`), where XLA's own convolution gradients are as
-    fast as the gathered ones. Whole PixelCNN++ train steps, in one process with steps
-    alternated (`benchmarks/torch_reference.py`), plain / im2col: on a 2-core AMD EPYC
-    with AVX-512 1.13x at `default` size (batch 16) and 1.07x at paper size (batch 4); on
-    one with AVX2 only 0.96x and 0.81x.
+    fast as the gathered ones (docs/benchmarks.md has the measured train steps).
     """
     if check_impl(impl) == "split" and not masked:
         impl = "auto"
