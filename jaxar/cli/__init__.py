@@ -9,6 +9,7 @@ its module docstring, and exits 0; bad input is one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def examples(doc: str) -> str:
@@ -33,3 +34,19 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run(parser: Parser, work: Callable[[], str]) -> int:
+    """Runs a command's `work` and prints the line it returns. Bad input (a ValueError) is
+    one line on stderr and exit code 2, a failed read or write (an OSError: a full disk) one
+    line and exit 1, Ctrl-C one line and exit 130; outputs are written atomically
+    (`jaxar.files`), so none of these leaves a partial file."""
+    try:
+        print(work())
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+    except OSError as err:
+        parser.exit(1, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted: nothing written\n")
+    return 0

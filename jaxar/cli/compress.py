@@ -203,11 +203,7 @@ def run_decompress(args) -> str:
 
 def _main(parser, run, argv) -> int:
     args = parser.parse_args(argv)
-    try:
-        print(run(args))
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    return 0
+    return cli.run(parser, lambda: run(args))
 
 
 def compress_main(argv=None) -> int:

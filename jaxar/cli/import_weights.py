@@ -132,15 +132,11 @@ def import_weights(source: str, path, workdir, config_spec: str | None = None) -
 
 
 def main(argv=None) -> int:
+    """The `jaxar-import` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        print(import_weights(args.source, args.checkpoint, args.workdir, args.config))
-    except ValueError as err:
-        parser.exit(2, f"jaxar-import: error: {' '.join(str(err).split())}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "jaxar-import: interrupted: nothing written\n")
-    return 0
+    return cli.run(parser, lambda: import_weights(args.source, args.checkpoint, args.workdir,
+                                                  args.config))
 
 
 if __name__ == "__main__":
