@@ -91,20 +91,14 @@ def main(argv=None) -> int:
     """The `jaxar-eval` console script."""
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    try:
+
+    def work() -> str:
         overrides = parse_overrides(rest)
         sharding.initialize_distributed(args.distributed)  # before anything starts JAX
         compilation_cache.enable()  # a repeated evaluation loads its program from disk
-        print(run(args, overrides))
-    except ValueError as err:
-        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
-    except OSError as err:  # reading the data or writing a result failed
-        parser.exit(1, f"{parser.prog}: error: {type(err).__name__}: "
-                       f"{' '.join(str(err).split())}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted (no file is left half-written)\n")
-    return 0
+        return run(args, overrides)
 
+    return cli.run(parser, work)
 
 if __name__ == "__main__":
     sys.exit(main())
