@@ -42,10 +42,10 @@ def smoke_training(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return cfg
 
 
-def seed_survey_training(
+def thresholded_mnist_training(
     cfg: ml_collections.ConfigDict, epochs: int, learning_rate: float
 ) -> ml_collections.ConfigDict:
-    """The seed survey's training: TFDS MNIST thresholded at 0.5, batch 128, plain Adam
+    """The reference setup's training: TFDS MNIST thresholded at 0.5, batch 128, plain Adam
     (no clipping, no averaging), `epochs` passes over the 60,000 training images."""
     steps_per_epoch = 60000 // 128
     cfg.data.source = "tfds"

@@ -1,12 +1,13 @@
 """PixelCNN on binarized MNIST.
 
 Variants (`--config experiments/pixelcnn_mnist.py:VARIANT`):
-  default  residual PixelCNN on the embedded 5k MNIST sample; minutes on a 2-core CPU.
+  default  residual PixelCNN on the embedded 5k MNIST sample; minutes on a CPU.
            jaxar-train --config experiments/pixelcnn_mnist.py --workdir runs/pixelcnn_mnist
   smoke    seconds, for tests.
-  seed     the seed survey's network and training: mask-A 7x7 conv 1->64, three mask-B
-           7x7 64->64, mask-B 7x7 64->1, ReLU, Bernoulli, Adam lr 2e-4, batch 128, 21
-           epochs of TFDS MNIST thresholded at 0.5. The survey reports 0.1177 test bits/dim.
+  seed     a small reference setup's network and training: mask-A 7x7 conv 1->64, three
+           mask-B 7x7 64->64, mask-B 7x7 64->1, ReLU, Bernoulli, Adam lr 2e-4, batch 128,
+           21 epochs of TFDS MNIST thresholded at 0.5. The reference implementation
+           reports 0.1177 test bits/dim (docs/results.md).
   paper    van den Oord et al. (2016): 15 residual blocks of h=64 (2h=128 features),
            3x3 masked convs, Bernoulli, on TFDS `binarized_mnist`; published NLL 81.30
            nats (eval/nll_nats). Needs prepared TFDS data (docs/guides/data.md).
@@ -49,7 +50,7 @@ def _smoke():
 
 
 def _seed():
-    cfg = base.seed_survey_training(base.get_base_config(), epochs=21, learning_rate=2e-4)
+    cfg = base.thresholded_mnist_training(base.get_base_config(), epochs=21, learning_rate=2e-4)
     cfg.model.name = "pixelcnn"
     cfg.model.likelihood = "bernoulli"
     cfg.model.architecture = "plain"

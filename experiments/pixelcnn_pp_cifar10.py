@@ -2,7 +2,7 @@
 
 Variants (`--config experiments/pixelcnn_pp_cifar10.py:VARIANT`):
   default  a CPU-sized PixelCNN++ (3 resolutions, 1 resnet per stage, 32 filters, 5
-           mixtures) on TFDS cifar10; about 0.5 s per step of 16 images on a 2-core CPU.
+           mixtures) on TFDS cifar10; steps of 16 images take under a second on a CPU.
            Needs prepared TFDS data (docs/guides/data.md); any folder of images works too:
            jaxar-train --config experiments/pixelcnn_pp_cifar10.py \
                --workdir runs/pixelcnn_pp_cifar10

@@ -4,7 +4,7 @@ Variants (`--config experiments/transformer_mnist.py:VARIANT`):
   default  2 pre-LayerNorm blocks of width 32 (2 heads), learned (row, column, channel)
            position encodings, raster order, on the embedded 5k MNIST sample. Full
            attention over 784 pixels is what costs on a CPU, so heads and batch are
-           small: 1500 steps of 8 took 6 min on a shared 2-core CPU (0.1885 bits/dim). Other
+           small: 1500 steps of 8 run in minutes (docs/results.md). Other
            orderings: --config.model.ordering=zigzag (or random, with
            --config.model.ordering_seed).
            jaxar-train --config experiments/transformer_mnist.py \
@@ -12,9 +12,9 @@ Variants (`--config experiments/transformer_mnist.py:VARIANT`):
   smoke    seconds, for tests.
   paper    Image-Transformer-sized (Parmar et al., 2018: width 512, 8 heads, dropout
            0.1) with full attention over the 784 pixels: 8 blocks, on TFDS
-           `binarized_mnist`. The seed survey reports 0.1486 test bits/dim for its
-           (smaller) Transformer on MNIST thresholded at 0.5. For accelerators; needs
-           prepared TFDS data (docs/guides/data.md).
+           `binarized_mnist`. The reference implementation of docs/results.md reports
+           0.1486 test bits/dim for its (smaller) Transformer on MNIST thresholded at
+           0.5. For accelerators; needs prepared TFDS data (docs/guides/data.md).
            jaxar-train --config experiments/transformer_mnist.py:paper \
                --workdir runs/transformer_paper
 """

@@ -4,7 +4,7 @@ Variants (`--config experiments/wavenet_audio.py:VARIANT`):
   default          synthetic sums of sine tones (no download), 1024 samples (64 ms),
                    conditioned on the tones' frequency band (4 classes); one stack of
                    dilations 1..256 (receptive field 513 samples, > the longest period
-                   of 160 samples); 1500 steps of 8 took 3.6 min on a shared 2-core CPU.
+                   of 160 samples); 1500 steps of 8 run in minutes on a CPU.
                    jaxar-train --config experiments/wavenet_audio.py \
                        --workdir runs/wavenet_audio
   smoke            seconds, for tests; also conditioned locally on frame means.

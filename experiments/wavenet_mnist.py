@@ -3,7 +3,7 @@ r"""WaveNet on binarized MNIST read as a 784-long sequence (raster order).
 Variants (`--config experiments/wavenet_mnist.py:VARIANT`):
   default      one stack of dilations 1..512 (receptive field 1025 > 784: every pixel
                sees the whole prefix), 32 residual channels, on the embedded 5k MNIST
-               sample; 2000 steps of 16 took 7 min on a shared 2-core CPU (0.1206 bits/dim).
+               sample; 2000 steps of 16 run in minutes on a CPU (docs/results.md).
                jaxar-train --config experiments/wavenet_mnist.py \
                    --workdir runs/wavenet_mnist
   conditional  the same, conditioned globally on the digit and locally on the 28 row
@@ -11,7 +11,7 @@ Variants (`--config experiments/wavenet_mnist.py:VARIANT`):
                p(image | digit, row means).
   smoke        seconds, for tests.
   tfds         the default network on TFDS `mnist` (60k images) thresholded at 0.5 as in
-               the seed survey (which reports 0.1240 test bits/dim for its WaveNet), 20
+               the reference setup (whose WaveNet reports 0.1240 test bits/dim), 20
                epochs of batch 128. Needs prepared TFDS data (docs/guides/data.md).
 Sample grids show the sequences as 28x28 images (`data.image_shape`).
 """

@@ -1,4 +1,4 @@
-"""`python -m jaxar.main`: the training CLI under its original name (`jaxar.cli.train`)."""
+"""`python -m jaxar.main`: the training CLI (`jaxar.cli.train`, i.e. `jaxar-train`) as a module."""
 
 from jaxar.cli.train import run
 

@@ -215,7 +215,8 @@ class TrainIterator:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores a position saved by `get_state` (same split, batch size, seed and
-        workers); refuses one saved by the hand-written iterator before grain."""
+        workers); refuses a position in the older {"epoch", "index"} form, which grain's
+        batch order cannot continue."""
         if not isinstance(state, dict) or set(state) != {"grain"}:
             if isinstance(state, dict) and {"epoch", "index"} <= set(state):
                 raise ValueError(

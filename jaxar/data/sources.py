@@ -19,14 +19,10 @@ class RandomAccess:
     """grain's `RandomAccessDataSource` protocol over a batched `get(indices)`:
     `source[i]` is row 0 of `get([i])`, e.g. dict(image=[*shape], label=int32 scalar).
 
-    The training pipeline keeps reading through `get`, which is faster: on a 2-core AMD
-    EPYC (`benchmarks/input_pipeline.py`, batch 64, no workers), batches read with one
-    `Split.get` came 3.8-5.6x faster than the same batches read as 64 `split[i]` stacked
-    by grain's `batch` for the in-memory MNIST sample (409-619 vs 107-111 batches/s),
-    16-18x for CIFAR-shaped ArrayRecord records (182-227 vs 10-15) and 1.7x for a
-    folder of PNGs decoded per batch (59-61 vs 34-36): per record, `split[i]` pays the
-    checks and reduction of `Split.get` and grain's stacking, and ArrayRecord one read
-    call, for what `get` does once per batch.
+    The training pipeline keeps reading through `get`, which is faster: per record,
+    `split[i]` pays the checks and reduction of `Split.get` and grain's stacking, and
+    ArrayRecord one read call, for what `get` does once per batch
+    (`benchmarks/input_pipeline.py` times both; figures in docs/guides/data.md).
     """
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:

@@ -16,10 +16,9 @@ import numpy as np
 def rng_context():
     """Where random numbers are drawn inside jit: non-partitionable threefry on CPU.
 
-    XLA:CPU takes 10+ s to compile the partitionable threefry for a single 4-D
-    weight shape (measured with jax 0.10.2), which dominates initialization and
-    dropout. The values do not depend on the sharding either way; accelerators
-    keep the partitionable form, which shards the work.
+    XLA:CPU compiles the partitionable threefry slowly for every weight shape, which
+    would dominate initialization and dropout. The values do not depend on the sharding
+    either way; accelerators keep the partitionable form, which shards the work.
     """
     if jax.default_backend() == "cpu":
         return jax.threefry_partitionable(False)

@@ -74,10 +74,10 @@ def shift_in_order(x_BHWC: jax.Array, steps_HW: np.ndarray) -> jax.Array:
 
 
 # Queries per block of `causal_attention`: at 32x32 (1024 pixels) 16 blocks, which compute
-# 53% of the full [N, N] logits. benchmarks/attention.py on a 2-core AMD EPYC: the
-# `default` train step 1.71x the full softmax's with blocks of 64, 1.45x with 128; at
-# paper size (batch 1, where attention is a small part of the step) no faster, and its
-# compilation 30 s -> 50 s with 64, 39 s with 128.
+# 53% of the full [N, N] logits. Smaller blocks skip more logits but compile longer; 64
+# gave the fastest `default` train step on CPU, while at paper size (batch 1, where
+# attention is a small part of the step) blocking gains nothing (`benchmarks/attention.py`,
+# figures in docs/benchmarks.md).
 QUERY_BLOCK = 64
 
 
@@ -98,7 +98,7 @@ def causal_attention(q_BHWK, k_BHWK, v_BHWV, steps_HW: np.ndarray, num_heads: in
     flat = steps_HW.ravel()
     order = np.argsort(flat)  # the pixel generated at each step
     # Raster order is pixel order: its identity gathers (and their gradients' scatters)
-    # cost 5% of the attention's forward and backward.
+    # would be a measurable cost of the attention's forward and backward.
     permute = not np.array_equal(order, np.arange(n))
     to_steps = lambda a: a[:, order] if permute else a
     heads = lambda a: to_steps(a.reshape(batch, n, num_heads, a.shape[-1] // num_heads))

@@ -31,8 +31,8 @@ convolutions only; other layers given it follow "auto") runs XLA's convolution o
 two dense parts of the mask, forward and gradients. "auto" is "im2col" on CPU and
 "plain" on GPU and TPU, except for the shifted convolutions, which have no masked taps to
 skip: "plain" on CPUs with AVX-512 too, where XLA's own convolution gradients are as fast
-as the gathered ones (`resolve_impl`). The measured train-step speeds behind these rules
-are in docs/benchmarks.md (`benchmarks/train_throughput.py`, `benchmarks/torch_reference.py`).
+as the gathered ones (`resolve_impl`). The train-step timings behind these rules are in
+docs/benchmarks.md (`benchmarks/train_throughput.py`, `benchmarks/torch_reference.py`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def resolve_impl(impl: str, masked: bool = False, shifted: bool = False) -> str:
     elsewhere, except for `shifted` layers (the weight-normalized shifted convolutions of
     `jaxar.nn.shifted_layers`: 4 or 6 taps, none masked, so there is nothing to skip) on
     CPUs with AVX-512 (`cpu_has_avx512`), where XLA's own convolution gradients are as
-    fast as the gathered ones (docs/benchmarks.md has the measured train steps).
+    fast as the gathered ones (docs/benchmarks.md has the train-step timings).
     """
     if check_impl(impl) == "split" and not masked:
         impl = "auto"
@@ -112,9 +112,9 @@ def pad_to_cover(x_BHWI, offsets, out_hw):
 def gather_patches(x_BHWI, offsets, out_hw) -> jax.Array:
     """`p[b, i, j, t*I:(t+1)*I] = x[b, i + dr_t, j + dc_t]`, `[B, Ho, Wo, T*I]`; every tap in x.
 
-    One gather with static indices: on CPU it compiled about 20x faster and ran
-    about 3x faster than concatenating T slices. x comes padded (`pad_to_cover`):
-    a pad fused into the gather made it about 2x slower.
+    One gather with static indices: on CPU it compiles and runs much faster than
+    concatenating T slices. x comes padded (`pad_to_cover`) because a pad fused into
+    the gather slows it down.
     """
     batch, _, width, features = x_BHWI.shape
     out_h, out_w = out_hw
@@ -175,7 +175,7 @@ def tap_conv(x_BHWI, w_TIO, offsets, out_hw) -> jax.Array:
     kernels) and maps of at least `XLA_FORWARD_MIN_POSITIONS` outputs: XLA's
     convolution over the dense rectangles the taps form (its forward is fast; only its
     gradients are slow); otherwise the patch gather and one matmul. (On a cached
-    sampler's window of a row or a pixel, XLA's convolution costs about 10x the gather.)
+    sampler's window of a row or a pixel, the gather is far cheaper than XLA's convolution.)
     """
     num_taps, features_in, features_out = w_TIO.shape
     if features_out * OUTPUT_SIDE_RATIO <= features_in:
@@ -369,7 +369,7 @@ def conv_general_dilated_fn(impl: str):
     """A `conv_general_dilated` for `flax.linen.Conv` (None: lax's own, i.e. "plain").
 
     Unmasked convolutions get the same choice: XLA:CPU is as slow at their gradients
-    (a 1x1 64->64 convolution's forward + backward: 9x slower than the matmul).
+    (even a 1x1 convolution's forward + backward runs far slower than the same matmul).
     """
     if impl == "plain":
         return None

@@ -1,4 +1,4 @@
-"""Causal building blocks.
+"""Causal building blocks: masked convolutions and dense layers, the gated stacks, shifts.
 
 Conventions: images are NHWC, generated in raster order (row by row, left to
 right, and within a pixel channel by channel). A layer's docstring says which

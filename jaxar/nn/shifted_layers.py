@@ -49,9 +49,8 @@ def hash_bits(key, size: int) -> jax.Array:
     """`size` pseudo-random uint32 words: a counter hashed with the key's data.
 
     For weight directions and dropout masks, which need no cryptographic
-    randomness: each threefry draw costs about 1 s of XLA:CPU compile
-    (measured, jax 0.10.2), minutes for a paper-sized model; this costs a few
-    fused integer ops.
+    randomness: XLA:CPU compiles every threefry draw separately and slowly, which adds
+    up to minutes for a paper-sized model; this costs a few fused integer ops.
     """
     seed = jax.random.key_data(key).ravel().astype(jnp.uint32)
     count = jnp.arange(size, dtype=jnp.uint32)
@@ -391,8 +390,8 @@ def concat_elu(x: jax.Array) -> jax.Array:
 
     The same values, bit for bit, as `jax.nn.elu(jnp.concatenate([x, -x], -1))` with half
     its exponentials: of x and -x only the one that is not positive needs `expm1`, and it
-    is `expm1(x)` where x <= 0, `expm1(-x)` where x > 0 (the profile of the PixelCNN++
-    train step on CPU had concat_elu at a sixth of the step's time).
+    is `expm1(x)` where x <= 0, `expm1(-x)` where x > 0 (concat_elu is a visible share
+    of the PixelCNN++ train step on CPU; docs/benchmarks.md has the profile).
     """
     positive = x > 0
     e = jnp.expm1(jnp.where(positive, -x, x))

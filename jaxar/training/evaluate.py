@@ -32,7 +32,7 @@ OVERRIDABLE = ("data", "eval")  # sections an evaluation may change; the model i
 
 
 class Evaluation(NamedTuple):
-    """What `evaluate` measured: the summary it writes as JSON, every example's scores
+    """What `evaluate` returns: the summary it writes as JSON, every example's scores
     (numpy `[N]` in split order: "index", "label" (-1 for unlabelled data), "nats",
     "bits_per_dim"), and the files it wrote."""
 
