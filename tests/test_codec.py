@@ -27,7 +27,7 @@ from test_protocol import CASES, PP, WAVE
 import jaxar
 from jaxar import codec, distributions
 from jaxar.cli import compress as cli
-from jaxar.training import train
+from jaxar.training import checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _BY_ID = {c[0]: c[1:] for c in CASES}
@@ -259,6 +259,20 @@ def test_cli_round_trip_and_refusals(run_dir, tmp_path, capsys):
     for i, image in enumerate(images):
         np.testing.assert_array_equal(np.asarray(Image.open(decoded / f"{i:05d}.png")
                                                  .convert("L")), image)
+    # A split of the run's own data instead of PNG files (3 images: the same shapes).
+    split_file = tmp_path / "split.jaxar"
+    code, stdout, stderr = _cli(capsys, cli.compress_main, "--workdir", str(run_dir),
+                                "--split", "test", "--num", "3", "--out", str(split_file))
+    assert code == 0 and "3 images" in stdout, stderr
+    code, _, stderr = _cli(capsys, cli.decompress_main, "--workdir", str(run_dir),
+                           str(split_file), "--out-dir", str(tmp_path / "split"))
+    assert code == 0, stderr
+    test_split = jaxar.data.load_splits(checkpoint.read_run_config(run_dir))[1]
+    test_x = test_split.get(np.arange(3))["x"]
+    for i, x in enumerate(test_x):  # 2 levels: 0 and 1 are black and white
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "split" / f"{i:05d}.png").convert("L")),
+            x[..., 0] * 255)
     grey = tmp_path / "grey.png"
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(grey)
     big = tmp_path / "big.png"
