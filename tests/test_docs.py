@@ -112,6 +112,10 @@ def test_docstrings_and_comments_hold_no_measurements():
     found = [f"{path.relative_to(ROOT)}:{line}: {text!r}"
              for folder in CHECKED_CODE for path in sorted((ROOT / folder).rglob("*.py"))
              for line, text in measurements(path.read_text())]
+    found += [f"{path.relative_to(ROOT)}:{number}: {m.group(0)!r}"  # the launch scripts
+              for path in sorted((ROOT / "launch").iterdir())
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if line.lstrip().startswith("#") and (m := MEASUREMENT.search(line))]
     assert not found, "measurements in docstrings or comments:\n" + "\n".join(found)
 
 
