@@ -182,9 +182,10 @@ def _check_real(name: str, value, low, high, *, low_open=False, high_open=False)
 
 
 def _check_train(get) -> None:
-    for key in ("num_steps", "batch_size", "init_batch_size", "num_samples", "max_checkpoints",
+    for key in ("num_steps", "batch_size", "init_batch_size", "max_checkpoints",
                 "grad_accum_steps", *_EVERY_STEPS):
         _check_int(f"train.{key}", get(f"train.{key}"), 1)
+    _check_int("train.num_samples", get("train.num_samples"), 0)  # 0: no preview images
     _check_real("train.learning_rate", get("train.learning_rate"), 0, None, low_open=True)
     _check_real("train.lr_decay", get("train.lr_decay"), 0, 1, low_open=True)
     for key in ("b1", "b2", "ema_decay"):

@@ -88,7 +88,7 @@ class TrainSettings(_Section):
     eval_every_steps: int = 500
     checkpoint_every_steps: int = 500
     sample_every_steps: int = 1000
-    num_samples: int = 16
+    num_samples: int = 16  # preview images per sample_every_steps; 0 writes none
     max_checkpoints: int = 3
     # Micro-batches per step: the global batch is cut into this many pieces whose
     # gradients are averaged, for batches larger than the devices' memory.

@@ -164,7 +164,7 @@ def test_unknown_keys_of_every_section_are_named_with_a_suggestion(key, suggesti
     ("train__num_steps", -5, r"train\.num_steps must be an int >= 1, got -5"),
     ("train__batch_size", 0, r"train\.batch_size must be an int >= 1"),
     ("train__init_batch_size", 0, r"train\.init_batch_size must be an int >= 1"),
-    ("train__num_samples", 0, r"train\.num_samples must be an int >= 1"),
+    ("train__num_samples", -1, r"train\.num_samples must be an int >= 0, got -1"),
     ("train__num_samples", True, r"train\.num_samples must be an int, got True"),
     ("train__log_every_steps", 0, r"train\.log_every_steps must be an int >= 1"),
     ("train__eval_every_steps", -1, r"train\.eval_every_steps must be an int >= 1"),

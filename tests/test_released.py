@@ -234,7 +234,7 @@ def test_fine_tuning_an_imported_workdir_starts_from_the_imported_params(tmp_pat
                  "--config.data.num_train=6", "--config.data.num_test=2",
                  "--config.data.num_workers=1", "--config.train.batch_size=6",
                  "--config.train.num_steps=2", "--config.train.log_every_steps=1",
-                 "--config.train.num_samples=1", "--config.eval.batch_size=2",
+                 "--config.train.num_samples=0", "--config.eval.batch_size=2",
                  "--config.model.dropout_rate=0.0"]
     result = subprocess.run(
         [sys.executable, "-m", "jaxar.cli.train", "--config", str(config_file),
@@ -242,6 +242,7 @@ def test_fine_tuning_an_imported_workdir_starts_from_the_imported_params(tmp_pat
         capture_output=True, text=True, cwd=tmp_path, env=os.environ, check=False)
     assert result.returncode == 0, result.stderr
     assert "resumed from the checkpoint at step 0" in result.stdout
+    assert not list(workdir.glob("samples_*.png"))  # train.num_samples=0: no preview
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     first = next(r for r in rows if r["step"] == 1 and "train/bpd" in r)
     cfg = checkpoint.read_run_config(workdir)  # the fine-tuning run's

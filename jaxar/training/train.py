@@ -754,7 +754,7 @@ def _loop(trainer, state, train_iter, test_split, ckpt, writer, workdir, limit=m
                 if jax.process_index() == 0:
                     progress.write(f"step {step}: eval {loss_metric} "
                                    f"{result['eval/' + loss_metric]:.4f}")
-            if sample_now:
+            if sample_now and t.num_samples:
                 write_samples(trainer, state, step, workdir, test_split)
             if save_now:
                 with _failing(f"saving checkpoints in {ckpt.directory} (at step {step})"):
