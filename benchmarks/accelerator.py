@@ -43,8 +43,9 @@ compiled ahead of time, then timed once; fixed_point, whose passes are not known
 advance, runs last. With random weights the conditionals hardly depend on the context,
 so fixed_point converges in far fewer passes than it would for a trained model.
 
-The JSON (`--out`) is rewritten after every measurement, so a run cut short keeps what it
-measured. See docs/benchmarks.md for the figures measured so far.
+The JSON (`--out`, benchmarks/common.py's header first) is rewritten after every
+measurement, so a run cut short keeps what it measured. See docs/benchmarks.md for the
+figures measured so far.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from benchmarks.common import (  # noqa: E402
     log,
     now,
     random_batch,
+    run_header,
     unsolved_dims,
     versions,
     write_json,
@@ -493,6 +495,7 @@ def main(argv=None):
     parser.add_argument("--sampling_config", help="config to sample from")
     parser.add_argument("--no_sampling", action="store_true", help="skip the sampling figures")
     args = parser.parse_args(argv)
+    header = run_header(__file__, argv, args.out)
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     settings = dict(MODES[mode_name])
     on_cpu = jax.default_backend() == "cpu"
@@ -508,7 +511,7 @@ def main(argv=None):
         report["wall_s"] = now() - started
         refresh_mfu(report, device)
         if args.out:
-            write_json(args.out, report)
+            write_json(args.out, report, header)
 
     device = Device(settings["matmul"])
     report["device"] = dev = device.info

@@ -1,6 +1,12 @@
-"""What the benchmarks share: timing (`now`, `time_interleaved` for A/B runs taken in
-turn), reporting (`log`, `report`, `machine`, `write_json` for `--out`), the CPU's name,
-the library versions, and a jaxar train step built and compiled ahead of time.
+"""What the benchmarks share: timing (`now`, `timed`, `time_interleaved` for A/B runs
+taken in turn), reporting (`log`, `report`, `machine`; `run_header` and `write_json` for
+`--out`), the CPU's name, the library versions, and a jaxar train step built and compiled
+ahead of time.
+
+Every benchmark's `--out FILE` goes through `write_json`, which puts the run's header
+(`run_header`: machine, UTC date, the command as typed, versions, the 1-minute load
+average at start and end) at the top of the JSON; docs/figures.py names these in every
+caption of the results and benchmarks pages.
 
 Benchmarks import this module, never one another.
 """
@@ -8,13 +14,18 @@ Benchmarks import this module, never one another.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import datetime
 import json
 import os
 import pathlib
 import platform
+import shlex
 import statistics
+import sys
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import jaxlib
@@ -22,6 +33,7 @@ import numpy as np
 
 import jaxar
 from jaxar import files, sampling
+from jaxar.nn import fast_conv
 from jaxar.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,9 +63,31 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def timed(fn) -> tuple[float, object]:
+    """(seconds, result) of one call of `fn`, its arrays waited for."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - start, out
+
+
 def versions() -> dict:
     """The versions a figure depends on."""
-    return {"jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__}
+    return {"jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
+            "flax_version": flax.__version__, "python_version": platform.python_version()}
+
+
+def machine_info() -> dict:
+    """The machine a figure was measured on: CPU model, cores, AVX-512, memory, the jax
+    backend and its devices."""
+    try:
+        with open("/proc/meminfo") as f:
+            memory = int(f.readline().split()[1]) * 1024  # "MemTotal: N kB"
+    except (OSError, ValueError, IndexError):
+        memory = None
+    devices = jax.devices()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "avx512": fast_conv.cpu_has_avx512(),
+            "memory_bytes": memory, "backend": jax.default_backend(),
+            "devices": f"{len(devices)} x {devices[0].device_kind}"}
 
 
 def machine() -> str:
@@ -62,9 +96,32 @@ def machine() -> str:
             f"jax {jax.__version__}")
 
 
-def write_json(path, report: dict) -> None:
-    """`--out`: the report as indented JSON, written atomically."""
-    files.write_text(path, json.dumps(report, indent=1, default=float) + "\n")
+def command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that reruns this benchmark, as a user types it in the repository."""
+    path = pathlib.Path(script).resolve()
+    with contextlib.suppress(ValueError):  # a script outside the repository keeps its path
+        path = path.relative_to(ROOT)
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["launch/env.sh", "python", str(path), *args])
+
+
+def run_header(script: str, argv: list[str] | None = None, out=None) -> dict:
+    """What every figure made from a benchmark's JSON names, taken when the benchmark
+    starts (`script`: its `__file__`; `argv`: its arguments, default `sys.argv[1:]`).
+    An `out` path (`--out`) that cannot be written is refused now, before any work."""
+    if out is not None:
+        files.check_output(out, "--out", (".json",))
+    return {"command": command(script, argv),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine_info(), "versions": versions(),
+            "load_1min_start": os.getloadavg()[0]}
+
+
+def write_json(path, report: dict, header: dict) -> None:
+    """`--out`: `{"header": header (with the 1-minute load average now), **report}` as
+    indented JSON, written atomically (a run rewriting it as it goes leaves a whole file)."""
+    full = {"header": {**header, "load_1min_end": os.getloadavg()[0]}, **report}
+    files.write_text(path, json.dumps(full, indent=1, default=float) + "\n")
 
 
 def time_interleaved(steps: dict, rounds: int) -> dict:

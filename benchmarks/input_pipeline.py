@@ -3,6 +3,7 @@
   python benchmarks/input_pipeline.py                       # current checkout
   python benchmarks/input_pipeline.py --old /tmp/old        # and an old one, same run
   python benchmarks/input_pipeline.py --pngs 2000 --batches 50 --steps 4
+  python benchmarks/input_pipeline.py --out input_pipeline.json
 
 Datasets: the embedded MNIST sample; CIFAR-shaped data (`--records` 32x32x3 8-bit
 images and labels, one per record) read from an ArrayRecord file the benchmark writes;
@@ -21,7 +22,8 @@ in all, compilation included; after a first run, a second run in the same workdi
 finds the index cached. Then the PixelCNN++ `default` network trains on the folder for
 `--steps` steps (batch `--step_batch`) as the trainer's loop does, and the fraction
 of the loop spent in its input calls is reported. With `--old DIR` (e.g. `git
-worktree add /tmp/old <commit>`), every measurement also runs with DIR's jaxar.
+worktree add /tmp/old <commit>`), every measurement also runs with DIR's jaxar. `--out
+FILE` writes every row as JSON (benchmarks/common.py's header first).
 """
 
 from __future__ import annotations
@@ -271,7 +273,7 @@ def _task_main(task: dict) -> None:
     print(json.dumps({"jaxar": jaxar.__file__, "row": row}))
 
 
-def main() -> None:
+def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old", type=pathlib.Path, help="an old checkout to compare with")
     parser.add_argument("--pngs", type=int, default=20_000, help="PNGs in the folder dataset")
@@ -280,15 +282,19 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="batches timed per run")
     parser.add_argument("--steps", type=int, default=8, help="PixelCNN++ steps (0: none)")
     parser.add_argument("--step_batch", type=int, default=16)
+    parser.add_argument("--out", help="write every row as JSON")
     parser.add_argument("--task", help=argparse.SUPPRESS)  # one measurement's process
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.task:
         _task_main(json.loads(args.task))
-        return
-    from benchmarks.common import cpu_model  # noqa: PLC0415
+        return None
+    from benchmarks import common as bench  # noqa: PLC0415
 
-    print(f"{cpu_model()}, {os.cpu_count()} cores; {args.pngs} PNGs, {args.records} "
-          f"ArrayRecord records, batch {args.batch}")
+    header = bench.run_header(__file__, argv, args.out)
+    report = {"settings": {k: getattr(args, k) for k in (
+        "pngs", "records", "batch", "batches", "steps", "step_batch")}, "rows": []}
+    bench.log(f"{bench.machine()}; {args.pngs} PNGs, {args.records} ArrayRecord records, "
+              f"batch {args.batch}")
     checkouts = [("new", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
@@ -309,6 +315,11 @@ def main() -> None:
                 figures = ", ".join(f"{k} {v:.3g}" for k, v in row.items())
                 print(f"  {label:3s} {name:26s} workers {task['workers']}: {figures}",
                       flush=True)
+                report["rows"].append({"checkout": label, "name": name,
+                                       "workers": task["workers"], **row})
+                if args.out:
+                    bench.write_json(args.out, report, header)
+    return report
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Images through a VQ-VAE's latent space vs pixel-level PixelSNAIL samples, one run.
 
   python benchmarks/latent.py --bottom runs/prior_bottom --top runs/prior_top --num 64
+  python benchmarks/latent.py --bottom runs/prior_bottom --top runs/prior_top --out latent.json
 
 Times `jaxar.generate_latent` (top codes, bottom codes given them, the VQ-VAE's
 decoder; cached samplers) against `jaxar.sample(method="cached")` of a pixel-level
 PixelSNAIL of the same image size (`--pixel_config`, random init: speed does not depend
 on the weights). Each is called once to compile, then timed once with
-`block_until_ready`; both sample `--num` images with the same key.
+`block_until_ready`; both sample `--num` images with the same key. `--out FILE` writes the
+figures as JSON (benchmarks/common.py's header first).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
 import jax
 import numpy as np
@@ -24,14 +25,13 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` impor
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks import common as bench  # noqa: E402
 
 
 def timed(fn) -> float:
-    fn()  # compiles
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
+    """Seconds of a second call of `fn` (the first compiles)."""
+    fn()
+    return bench.timed(fn)[0]
 
 
 def main(argv=None) -> None:
@@ -40,7 +40,9 @@ def main(argv=None) -> None:
     p.add_argument("--top", required=True, help="top prior's workdir")
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--pixel_config", default="experiments/pixelsnail_cifar10.py:mnist")
+    p.add_argument("--out", help="write the figures as JSON")
     args = p.parse_args(argv)
+    header = bench.run_header(__file__, argv, args.out)
 
     pipeline = jaxar.load_latent(args.bottom, args.top)
     vq = pipeline.vqvae
@@ -57,11 +59,18 @@ def main(argv=None) -> None:
     variables = jaxar.init_variables(model, cfg, jax.random.key(1))
     pixel = timed(lambda: jaxar.sample(model, variables, key, args.num, method="cached"))
     shape = "x".join(map(str, vq.model.event_shape))
-    print(f"{cpu_model()}, {jax.devices()[0].platform}, jax {jax.__version__}")
-    print(f"{args.num} images of {shape}: latent pipeline (top {pipeline.top.model.event_shape}"
-          f" + bottom {pipeline.bottom.model.event_shape} codes + decoder) {latent:.2f} s; "
-          f"pixel-level PixelSNAIL ({args.pixel_config}) {pixel:.2f} s: "
-          f"{pixel / latent:.1f}x")
+    bench.log(bench.machine())
+    bench.log(f"{args.num} images of {shape}: latent pipeline (top "
+              f"{pipeline.top.model.event_shape} + bottom {pipeline.bottom.model.event_shape} "
+              f"codes + decoder) {latent:.2f} s; pixel-level PixelSNAIL ({args.pixel_config}) "
+              f"{pixel:.2f} s: {pixel / latent:.1f}x")
+    if args.out:
+        bench.write_json(args.out, {
+            "num": args.num, "image_shape": list(vq.model.event_shape),
+            "top_codes": list(pipeline.top.model.event_shape),
+            "bottom_codes": list(pipeline.bottom.model.event_shape), "latent_s": latent,
+            "pixel_config": args.pixel_config, "pixel_s": pixel,
+            "speedup": pixel / latent}, header)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   python benchmarks/lossless.py --workdir runs/pixelcnn_mnist --num 1000
   python benchmarks/lossless.py --workdir runs/pixelcnn_mnist runs/pixelcnn_pp_mnist
+  python benchmarks/lossless.py --workdir runs/pixelcnn_mnist --out lossless.json
 
 For each run, on the first `--num` images of its test split: bits/dim of the `.jaxar`
 file (header included), the model's bits/dim on the same images (`jaxar.bits_per_dim`),
@@ -11,7 +12,8 @@ pixel, preset 9 extreme); then compress and decompress speed (images/s, compiled
 by a warm-up batch) beside the cached sampler's (`jaxar.sample(method="cached")`, one
 timed batch of the same size after a warm-up; `--repeats` rounds of the three, the best
 of each). The decoded images are checked equal to
-the originals. Prints one Markdown table row per run.
+the originals. Prints one Markdown table row per run; `--out FILE` writes every figure as
+JSON (benchmarks/common.py's header first).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import io
 import lzma
 import pathlib
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
 import jaxar  # noqa: E402
+from benchmarks import common as bench  # noqa: E402
 from jaxar import codec, data  # noqa: E402
 from jaxar.cli import compress as cli  # noqa: E402
 from jaxar.training import checkpoint  # noqa: E402
@@ -43,12 +45,6 @@ def webp_bytes(image_HWC, num_levels: int) -> bytes:
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
         buffer, format="WEBP", lossless=True, quality=100, method=6)
     return buffer.getvalue()
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def measure(workdir: str, num: int, batch: int, repeats: int) -> dict:
@@ -67,7 +63,7 @@ def measure(workdir: str, num: int, batch: int, repeats: int) -> dict:
         bits += float(np.sum(np.asarray(bpd, np.float64))) * x[0].size
     batch = min(batch, num)
     warm = slice(0, batch)
-    _, compile_s = timed(lambda: codec.compress(
+    compile_s, _ = bench.timed(lambda: codec.compress(
         model, variables, x[warm], None if labels is None else labels[warm], batch_size=batch))
     key = jax.random.key(0)
     sample_labels = None if labels is None else labels[:batch]
@@ -76,15 +72,15 @@ def measure(workdir: str, num: int, batch: int, repeats: int) -> dict:
     sample()
     compress_s = decompress_s = sample_s = float("inf")
     for _ in range(repeats):  # interleaved, the best of each: other processes share the CPU
-        blob, seconds = timed(lambda: codec.compress(model, variables, x, labels,
-                                                     batch_size=batch))
+        seconds, blob = bench.timed(lambda: codec.compress(model, variables, x, labels,
+                                                           batch_size=batch))
         compress_s = min(compress_s, seconds)
-        decoded, seconds = timed(lambda blob=blob: codec.decompress(model, variables, blob,
-                                                                    labels))
+        seconds, decoded = bench.timed(
+            lambda blob=blob: codec.decompress(model, variables, blob, labels))
         decompress_s = min(decompress_s, seconds)
         if not np.array_equal(decoded, x):
             raise SystemExit(f"{workdir}: the decoded images differ from the originals")
-        sample_s = min(sample_s, timed(sample)[1])
+        sample_s = min(sample_s, bench.timed(sample)[0])
     shape = tuple(cfg.data.get("image_shape", None) or model.event_shape)
     images = x.reshape(-1, *shape)
     png = sum(len(cli.png_bytes(image, model.num_levels)) for image in images)
@@ -93,7 +89,9 @@ def measure(workdir: str, num: int, batch: int, repeats: int) -> dict:
     raw = cli.display(x, model.num_levels).astype(np.uint8).tobytes()
     xz = len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME))
     bpd = lambda nbytes: 8 * nbytes / dims
-    return dict(run=f"{workdir} (step {step}, {model.num_levels} levels)", num=num,
+    return dict(run=f"{workdir} (step {step}, {model.num_levels} levels)",
+                model_name=cfg.model.name, data=cfg.data.name, step=int(step),
+                num_levels=model.num_levels, num=num,
                 batch=batch, file=bpd(len(blob)), model=bits / dims, png=bpd(png),
                 webp=None if webp is None else bpd(webp), lzma=bpd(xz),
                 header=codec.HEADER_BYTES, nbytes=len(blob), compile_s=compile_s,
@@ -101,15 +99,17 @@ def measure(workdir: str, num: int, batch: int, repeats: int) -> dict:
                 sample=batch / sample_s)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", nargs="+", required=True, help="training run directories")
     p.add_argument("--num", type=int, default=1000, help="test images per run")
     p.add_argument("--batch", type=int, default=250, help="images coded (and sampled) together")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds (the best is shown)")
+    p.add_argument("--out", help="write the figures as JSON")
     args = p.parse_args(argv)
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; bits/dim; speeds in "
-          f"images/s at batch {args.batch}")
+    header = bench.run_header(__file__, argv, args.out)
+    report = {"runs": []}
+    bench.log(f"{bench.machine()}; bits/dim; speeds in images/s at batch {args.batch}")
     print("| run | images | .jaxar file | model | PNG (optimized) | WebP lossless | lzma raw "
           "| compress | decompress | cached sampler |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -120,6 +120,10 @@ def main(argv=None) -> None:
               f"{r['model']:.4f} | {r['png']:.4f} | {webp} | {r['lzma']:.4f} | "
               f"{r['compress']:.1f} | {r['decompress']:.1f} | {r['sample']:.1f} |", flush=True)
         print(f"  (first compress of one batch, compiling: {r['compile_s']:.1f} s)", flush=True)
+        report["runs"].append({"workdir": workdir, **r})
+        if args.out:
+            bench.write_json(args.out, report, header)
+    return report
 
 
 if __name__ == "__main__":

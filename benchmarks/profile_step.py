@@ -2,6 +2,7 @@
 
   python benchmarks/profile_step.py                       # PixelCNN++ and PixelSNAIL default
   python benchmarks/profile_step.py --configs experiments/pixelcnn_pp_cifar10.py:paper --batch 4
+  python benchmarks/profile_step.py --out profile_step.json
 
 For each config the trainer's own train step (`jaxar.training.train.Trainer.train_step`,
 built as benchmarks/accelerator.py does: loss, gradient, clipping, Adam, EMA) is lowered
@@ -15,7 +16,8 @@ concat_elu, dropout's mask bits, the mixture likelihood, Adam, the EMA. Times ar
 over XLA:CPU's threads (they run ops in parallel), so a group's share is of the op time,
 and the wall time of a step is printed beside it. An op XLA writes itself (e.g. a
 gradient convolution it rewrote) may carry no source: it counts by its kind, forward.
-XLA's `cost_analysis()` gives the step's FLOPs and bytes.
+XLA's `cost_analysis()` gives the step's FLOPs and bytes. `--out FILE` writes every figure
+as JSON (benchmarks/common.py's header first).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` impor
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
-from benchmarks.common import build, cpu_model, first, random_batch  # noqa: E402
+from benchmarks import common as bench  # noqa: E402
+from benchmarks.common import build, first, random_batch  # noqa: E402
 from jaxar.models import common  # noqa: E402
 
 CONFIGS = ["experiments/pixelcnn_pp_cifar10.py:default",
@@ -230,13 +233,16 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
     parser.add_argument("--steps", type=int, default=3, help="traced steps")
     parser.add_argument("--conv_impl", help="model.conv_impl (default: the config's)")
+    parser.add_argument("--out", help="write the figures as JSON")
     args = parser.parse_args(argv)
-    print(f"{cpu_model() if jax.default_backend() == 'cpu' else jax.devices()[0]}"
-          f", jax {jax.__version__}")
+    header = bench.run_header(__file__, argv, args.out)
+    bench.log(bench.machine())
     results = []
     for spec in args.configs.split(",") if args.configs else CONFIGS:
         results.append(profile(spec, args.batch, args.steps, args.conv_impl))
         report(results[-1])
+        if args.out:
+            bench.write_json(args.out, {"steps": args.steps, "configs": results}, header)
     return results
 
 

@@ -15,8 +15,9 @@ the released models, `jaxar-import`), with random weights in the released layout
   time (compile timed apart), then drawn once, every step of it.
 
 Prints the CPU (/proc/cpuinfo "model name"), core count, jax version, and one line per
-figure; `--out FILE` writes them as JSON. The original TensorFlow code's evaluation is not
-run here: it needs TensorFlow, which jaxar does not depend on.
+figure; `--out FILE` writes them as JSON (benchmarks/common.py's header first). The
+original TensorFlow code's evaluation is not run here: it needs TensorFlow, which jaxar
+does not depend on.
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ def main() -> None:
     parser.add_argument("--no_sampling", action="store_true")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     args = parser.parse_args()
-    report = {"machine": common.machine(), "cpu": common.cpu_model(), **common.versions(),
-              "backend": jax.default_backend(), "configs": {}}
-    common.log(report["machine"])
+    header = common.run_header(__file__, None, args.out)
+    report = {"configs": {}}
+    common.log(common.machine())
     for spec in args.configs.split(","):
         cfg, model, variables, init_s = released_model(spec, args.init_batch)
         count = int(sum(np.size(p) for p in jax.tree.leaves(variables["params"])))
@@ -125,7 +126,7 @@ def main() -> None:
             common.log(f"  cached sampling, {s['num_samples']} samples: {s['seconds']:.1f} s "
                        f"(compile {s['compile_s']:.1f} s)")
         if args.out:
-            common.write_json(args.out, report)
+            common.write_json(args.out, report, header)
     if args.out:
         common.log(f"wrote {args.out}")
 

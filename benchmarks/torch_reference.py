@@ -2,6 +2,7 @@
 
   python benchmarks/torch_reference.py               # needs torch (docs/benchmarks.md)
   python benchmarks/torch_reference.py --models pixelcnn_pp_default --rounds 20 --threads 2
+  python benchmarks/torch_reference.py --out torch_reference.json
 
 `--models` (comma-separated, default all of `MODELS`):
 
@@ -12,7 +13,7 @@
 - `pixelcnn_pp_default`, `pixelcnn_pp_paper`: PixelCNN++ at `PP_CONFIGS`' sizes on one
   random CIFAR-shaped batch (32x32x3, 256 levels), float32, dropout 0.5. jaxar runs the
   trainer's own jitted step (`jaxar.training.train.Trainer.train_step`, built and
-  compiled ahead of time by benchmarks/accelerator.py's `build` and `compile_step`:
+  compiled ahead of time by benchmarks/common.py's `build` and `compile_step`:
   loss, gradient, clipping if the config has it, Adam with the config's betas and
   learning-rate decay, EMA), for `model.conv_impl` "plain" (XLA's convolutions) and
   "im2col" (`jaxar.nn.fast_conv`'s gathered gradients); the title names the one "auto"
@@ -28,7 +29,8 @@ hits all alike; the medians are compared. torch uses `--threads` intra-op thread
 (default: the machine's cores, as XLA uses). Both losses are printed at the first and
 last step: at random init both PixelCNN++ start at about 9.5-9.6 bits/dim (a uniform
 model: 8) and go down alike. torch is not a jaxar dependency: without it this prints
-that it was skipped.
+that it was skipped. `--out FILE` writes the figures as JSON (benchmarks/common.py's header
+first, torch's version and threads beside it).
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` impor
     sys.path.insert(0, str(ROOT))
 
 import jaxar  # noqa: E402
+from benchmarks import common as bench  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    cpu_model,
     pp_batch_and_config,
     pp_jax_step,
     report,
@@ -424,7 +426,14 @@ def pp_torch_step(cfg, host_batch):
 # --- timing ------------------------------------------------------------------------------
 
 
-def run_seed(rounds: int) -> None:
+def figures(timed: dict, batch_size: int) -> dict:
+    """Per step: the timed seconds, median s/step and images/s, first step and losses."""
+    return {name: {**r, "median_s": float(np.median(r["seconds"])),
+                   "images_per_s": batch_size / float(np.median(r["seconds"]))}
+            for name, r in timed.items()}
+
+
+def run_seed(rounds: int) -> dict:
     batch = np.random.default_rng(0).integers(0, 2, (128, 28, 28, 1)).astype(np.int32)
     with common.rng_context():
         steps = {f"jaxar {impl}": seed_jax_step(impl, batch) for impl in ("auto", "plain")}
@@ -433,9 +442,10 @@ def run_seed(rounds: int) -> None:
         timed = time_interleaved(steps, rounds)
     report(f"pixelcnn: {SEED_SPEC}, batch 128", 128, timed,
            [("jaxar auto", "torch"), ("jaxar plain", "torch"), ("jaxar auto", "jaxar plain")])
+    return {"config": SEED_SPEC, "batch": 128, "steps": figures(timed, 128)}
 
 
-def run_pp(name: str, rounds: int) -> None:
+def run_pp(name: str, rounds: int) -> dict:
     spec, batch_size = PP_CONFIGS[name]
     steps, compile_s = {}, {}
     for impl in ("plain", "im2col"):  # the same batch: the configs differ in conv_impl only
@@ -453,15 +463,18 @@ def run_pp(name: str, rounds: int) -> None:
     report(f"{name}: {spec}, batch {batch_size}, {jax_params:,} parameters (jaxar and torch); "
            f"jaxar compile {compiles}; auto here: {auto}", batch_size, timed,
            [("jaxar plain", "torch"), ("jaxar im2col", "torch"), ("jaxar im2col", "jaxar plain")])
+    return {"config": spec, "batch": batch_size, "parameters": jax_params, "auto": auto,
+            "compile_s": compile_s, "steps": figures(timed, batch_size)}
 
 
-def main(argv=None):
+def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per implementation")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="PyTorch intra-op threads")
+    parser.add_argument("--out", help="write the figures as JSON")
     args = parser.parse_args(argv)
     names = args.models.split(",")
     unknown = sorted(set(names) - set(MODELS))
@@ -469,17 +482,21 @@ def main(argv=None):
         raise ValueError(f"--models: unknown {unknown}; choose from {list(MODELS)}")
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    header = bench.run_header(__file__, argv, args.out)
     if torch is None:
         print("torch is not installed: skipped (docs/benchmarks.md)")
-        return
+        return None
     torch.set_num_threads(args.threads)
-    print(f"{cpu_model()} ({os.cpu_count()} cores), jax {jax.__version__}, "
-          f"torch {torch.__version__} ({args.threads} threads), {args.rounds} rounds", flush=True)
+    bench.log(f"{bench.machine()}, torch {torch.__version__} ({args.threads} threads), "
+              f"{args.rounds} rounds")
+    report = {"torch_version": torch.__version__, "torch_threads": args.threads,
+              "rounds": args.rounds, "models": {}}
     for name in names:
-        if name == "pixelcnn":
-            run_seed(args.rounds)
-        else:
-            run_pp(name, args.rounds)
+        report["models"][name] = run_seed(args.rounds) if name == "pixelcnn" \
+            else run_pp(name, args.rounds)
+        if args.out:
+            bench.write_json(args.out, report, header)
+    return report
 
 
 if __name__ == "__main__":

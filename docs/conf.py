@@ -1,10 +1,22 @@
-"""Sphinx configuration of jaxar's documentation (MyST Markdown, myst-nb, autosummary)."""
+"""Sphinx configuration of jaxar's documentation (MyST Markdown, myst-nb, autosummary).
 
+Every build first runs docs/figures.py: the tables and figures of the results and
+benchmarks pages are made from the benchmarks' JSON in docs/data/ into docs/_generated/
+(git-ignored), which those pages include.
+"""
+
+import importlib.util
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+_figures_spec = importlib.util.spec_from_file_location(
+    "jaxar_docs_figures", ROOT / "docs" / "figures.py")
+_figures = importlib.util.module_from_spec(_figures_spec)
+_figures_spec.loader.exec_module(_figures)
+_figures.build()
 
 project = "jaxar"
 author = "jaxar contributors"
@@ -18,7 +30,8 @@ extensions = [
     "sphinx.ext.viewcode",
 ]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+# _generated: fragments the results and benchmarks pages include, not pages of their own.
+exclude_patterns = ["_build", "_generated", "**.ipynb_checkpoints"]
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
 
