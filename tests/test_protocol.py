@@ -92,11 +92,12 @@ CASES = [
      dict(TRANSFORMER, ordering="custom", pixel_order=(2, 0, 3, 1))),
 ]
 BATCH = 6
-# Samples for the chi-square test, drawn by the cached decoder (the fastest method, and
-# every method draws the same samples: test_every_method_draws_the_same_samples, at a
-# batch whose naive and fixed_point runs cost little beside their compilation).
-NUM_SAMPLES = 4000
+# test_every_method_draws_the_same_samples' batch, at which naive and fixed_point cost
+# little beside their compilation. The chi-square test draws its samples with the cached
+# decoder (every method draws the same samples) in calls of this batch: the program the
+# methods test compiles on the same worker, instead of one more for a batch of thousands.
 METHODS_BATCH = 64
+NUM_SAMPLES = 63 * METHODS_BATCH
 
 
 def test_every_registered_model_is_in_the_table():
@@ -161,11 +162,13 @@ def test_samples_match_likelihood(case):
     label = model.num_classes - 1 if model.num_classes else None
     x_all = all_inputs(model.event_shape, model.num_levels)
     probs = np.exp(joint_log_probs(model, variables, x_all, label, cond))
-    n = NUM_SAMPLES
+    n = METHODS_BATCH
     labels = None if label is None else jnp.full((n,), label, jnp.int32)
     _, cond_n = _batch(model, cond, n)
-    xs = jaxar.sample(model, variables, jax.random.key(7), n, labels=labels, cond=cond_n,
-                      method="cached")
+    xs = np.concatenate([
+        jaxar.sample(model, variables, jax.random.fold_in(jax.random.key(7), i), n,
+                     labels=labels, cond=cond_n, method="cached")
+        for i in range(NUM_SAMPLES // n)])
     stat, dof = chi_square_statistic(input_index(xs, model.num_levels), probs)
     # 99.9% quantile of chi-square: dof + 3.1 sqrt(2 dof) + 10 is a safe upper bound.
     assert stat < dof + 3.1 * np.sqrt(2 * dof) + 10, (stat, dof)
