@@ -1,8 +1,10 @@
-"""Where a jitted train step's time goes: per-op time from a profiler trace, by what the op does.
+"""Where a jitted train or evaluation step's time goes: per-op time from a profiler trace, by
+what the op does.
 
   python benchmarks/profile_step.py                       # PixelCNN++ and PixelSNAIL default
   python benchmarks/profile_step.py --configs experiments/pixelcnn_pp_cifar10.py:paper --batch 4
   python benchmarks/profile_step.py --out profile_step.json
+  python benchmarks/profile_step.py --eval --configs experiments/pixelcnn_pp_cifar10.py:paper
 
 For each config the trainer's own train step (`jaxar.training.train.Trainer.train_step`,
 built as benchmarks/accelerator.py does: loss, gradient, clipping, Adam, EMA) is lowered
@@ -18,6 +20,12 @@ and the wall time of a step is printed beside it. An op XLA writes itself (e.g. 
 gradient convolution it rewrote) may carry no source: it counts by its kind, forward.
 XLA's `cost_analysis()` gives the step's FLOPs and bytes. `--out FILE` writes every figure
 as JSON (benchmarks/common.py's header first).
+
+`--eval` profiles the evaluation step instead: the forward pass and likelihood that
+`jaxar-eval` and the trainer's evaluation run (`jaxar.training.train.jit_eval_step`, one
+device, a batch of `--batch` images, default `eval.batch_size`), on the model's random
+initial parameters (initialized on 2 images: the speed does not depend on the values).
+Transposed convolutions (an XLA convolution with a dilated input) count apart.
 """
 
 from __future__ import annotations
@@ -41,7 +49,9 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` impor
 import jaxar  # noqa: E402
 from benchmarks import common as bench  # noqa: E402
 from benchmarks.common import build, first, random_batch  # noqa: E402
+from jaxar import settings  # noqa: E402
 from jaxar.models import common  # noqa: E402
+from jaxar.training import sharding, train  # noqa: E402
 
 CONFIGS = ["experiments/pixelcnn_pp_cifar10.py:default",
            "experiments/pixelsnail_cifar10.py:default"]
@@ -60,7 +70,8 @@ GROUPS = [
     ("EMA", ("train_step.<locals>.<lambda>",)),
 ]
 # HLO opcodes that make their own group (a fusion counts as the heaviest op it contains).
-KINDS = {"convolution": "convolution", "dot": "matmul", "gather": "gather / scatter",
+KINDS = {"convolution-transposed": "transposed convolution", "convolution": "convolution",
+         "dot": "matmul", "gather": "gather / scatter",
          "scatter": "gather / scatter", "dynamic-slice": "gather / scatter",
          "dynamic-update-slice": "gather / scatter", "copy": "layout copies",
          "transpose": "layout copies"}
@@ -110,17 +121,20 @@ def parse_hlo(text: str) -> dict[str, dict]:
         name, rest = m.groups()
         rest = rest[_shape_end(rest):].lstrip()
         opcode = rest[: rest.index("(")] if "(" in rest else rest
-        computations[computation].add(opcode)
+        # A convolution of a dilated input is a transposed one: a kind of its own.
+        kinds = {opcode, "convolution-transposed"} if (
+            opcode == "convolution" and "lhs_dilate=" in rest) else {opcode}
+        computations[computation] |= kinds
         calls = re.search(r"calls=%([\w.\-]+)", rest)
         frame = re.search(r"stack_frame_id=(\d+)", rest)
         op_name = re.search(r'op_name="([^"]*)"', rest)
         instructions[name] = {
-            "opcode": opcode, "calls": calls.group(1) if calls else None,
+            "opcode": opcode, "own_kinds": kinds, "calls": calls.group(1) if calls else None,
             "frame": int(frame.group(1)) if frame else None,
             "grad": bool(op_name and "transpose(" in op_name.group(1)),
         }
     for info in instructions.values():
-        info["kinds"] = computations.get(info.pop("calls"), set()) | {info["opcode"]}
+        info["kinds"] = computations.get(info.pop("calls"), set()) | info.pop("own_kinds")
         info["function"], info["file"] = _source(tables, info.pop("frame"))
     return instructions
 
@@ -142,8 +156,8 @@ def _source(tables, frame_id) -> tuple[str, str]:
 def group_of(info: dict) -> str:
     """The group an instruction's time is counted in (`KINDS`, then `GROUPS`)."""
     direction = " (gradient)" if info["grad"] else ""
-    for opcode in ("convolution", "dot", "gather", "scatter", "dynamic-slice",
-                   "dynamic-update-slice"):
+    for opcode in ("convolution-transposed", "convolution", "dot", "gather", "scatter",
+                   "dynamic-slice", "dynamic-update-slice"):
         if opcode in info["kinds"]:
             return KINDS[opcode] + direction
     if info["opcode"] in KINDS:
@@ -175,8 +189,41 @@ def op_times(trace_dir: str, instructions: dict) -> collections.Counter:
     return totals
 
 
-def profile(spec: str, batch: int | None, steps: int, impl: str | None) -> dict:
+def eval_program(cfg, batch: int, impl: str | None):
+    """(model, the evaluation step compiled on one device, a function running it once,
+    lower seconds, compile seconds) for a random batch of `batch` images."""
+    cfg = cfg.copy_and_resolve_references()
+    if impl is not None:
+        cfg.model.conv_impl = impl
+    cfg.train.init_batch_size = 2
+    model = jaxar.build_model(cfg)
+    variables = jaxar.init_variables(model, cfg, jax.random.key(0))
+    mesh = sharding.make_mesh(settings.MeshSettings(), jax.devices()[:1])
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    step = train.jit_eval_step(model, cfg, mesh, replicated, replicated)
+    host = random_batch(model, batch)
+    device_batch = {"x": host["x"], "mask": np.ones(batch, np.float32),
+                    "labels": host["labels"] if model.num_classes else np.zeros(batch, np.int32)}
+    if model.cond_shape:
+        device_batch["cond"] = host["cond"]
+    args = (variables["params"], variables.get("batch_stats", {}), device_batch)
+    start = time.perf_counter()
+    lowered = step.lower(*args)
+    lower_s = time.perf_counter() - start
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start - lower_s
+    return model, compiled, lambda: jax.block_until_ready(compiled(*args)), lower_s, compile_s
+
+
+def profile(spec: str, batch: int | None, steps: int, impl: str | None,
+            evaluate: bool = False) -> dict:
     cfg = jaxar.load_config(str(ROOT / spec))
+    if evaluate:
+        batch = batch or cfg.eval.batch_size
+        model, compiled, run, lower_s, compile_s = eval_program(cfg, batch, impl)
+        run()  # warm-up
+        return _traced(spec, batch, model, compiled, lambda _: run(), None, steps, lower_s,
+                       compile_s)
     if batch:
         cfg.train.batch_size = batch
     model, trainer = build(cfg, impl)
@@ -190,24 +237,31 @@ def profile(spec: str, batch: int | None, steps: int, impl: str | None) -> dict:
         compiled = lowered.compile()
         compile_s = time.perf_counter() - start - lower_s
         state = trainer.init_state(jax.random.PRNGKey(0), host)
+        run = lambda state: jax.block_until_ready(compiled(state, device_batch))[0]
         for _ in range(2):  # warm-up
-            state, _ = jax.block_until_ready(compiled(state, device_batch))
-        wall = []
-        with tempfile.TemporaryDirectory() as trace_dir:
-            with jax.profiler.trace(trace_dir):
-                for _ in range(steps):
-                    start = time.perf_counter()
-                    state, _ = jax.block_until_ready(compiled(state, device_batch))
-                    wall.append(time.perf_counter() - start)
-            instructions = parse_hlo(compiled.as_text())
-            times = op_times(trace_dir, instructions)
+            state = run(state)
+        return _traced(spec, cfg.train.batch_size, model, compiled, run, state, steps, lower_s,
+                       compile_s)
+
+
+def _traced(spec, batch, model, compiled, run, state, steps, lower_s, compile_s) -> dict:
+    """Figures of `steps` traced calls of `state = run(state)`, grouped by `group_of`."""
+    wall = []
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                start = time.perf_counter()
+                state = run(state)
+                wall.append(time.perf_counter() - start)
+        instructions = parse_hlo(compiled.as_text())
+        times = op_times(trace_dir, instructions)
     groups = collections.Counter()
     for name, seconds in times.items():
         groups[group_of(instructions[name])] += seconds / steps
     cost = first(compiled.cost_analysis())
     top = [(name, group_of(instructions[name]), instructions[name]["function"], s / steps)
            for name, s in times.most_common(8)]
-    return {"config": spec, "batch": cfg.train.batch_size, "conv_impl": model.conv_impl,
+    return {"config": spec, "batch": batch, "conv_impl": model.conv_impl,
             "lower_s": lower_s, "compile_s": compile_s, "step_s": float(np.median(wall)),
             "op_s": sum(groups.values()), "groups": dict(groups), "top_ops": top,
             "flops": float(cost.get("flops", np.nan)),
@@ -233,16 +287,19 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
     parser.add_argument("--steps", type=int, default=3, help="traced steps")
     parser.add_argument("--conv_impl", help="model.conv_impl (default: the config's)")
+    parser.add_argument("--eval", action="store_true",
+                        help="profile the evaluation step (forward and likelihood) instead")
     parser.add_argument("--out", help="write the figures as JSON")
     args = parser.parse_args(argv)
     header = bench.run_header(__file__, argv, args.out)
     bench.log(bench.machine())
     results = []
     for spec in args.configs.split(",") if args.configs else CONFIGS:
-        results.append(profile(spec, args.batch, args.steps, args.conv_impl))
+        results.append(profile(spec, args.batch, args.steps, args.conv_impl, args.eval))
         report(results[-1])
         if args.out:
-            bench.write_json(args.out, {"steps": args.steps, "configs": results}, header)
+            bench.write_json(args.out, {"steps": args.steps, "eval": args.eval,
+                                        "configs": results}, header)
     return results
 
 

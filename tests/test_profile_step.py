@@ -38,3 +38,18 @@ def test_ops_are_grouped_by_kind_direction_and_source(tmp_path):
     times = profile_step.op_times(str(tmp_path), instructions)
     assert times and all(s > 0 for s in times.values())
     assert set(times) <= set(instructions)
+
+
+def test_a_transposed_convolution_is_its_own_group():
+    x = jnp.ones((1, 4, 4, 2), jnp.float32)
+    w = jnp.ones((2, 3, 2, 5), jnp.float32)
+    up = lambda x, w: jax.lax.conv_general_dilated(  # stride-2 upsampling, as PixelCNN++'s
+        x, w, (1, 1), ((1, 1), (1, 2)), lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    plain = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    for fn, group in ((up, "transposed convolution"), (plain, "convolution")):
+        text = jax.jit(fn).lower(x, w).compile().as_text()
+        groups = {profile_step.group_of(i) for i in profile_step.parse_hlo(text).values()}
+        assert group in groups
+        assert ({"transposed convolution", "convolution"} - {group}).isdisjoint(groups)
