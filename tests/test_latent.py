@@ -26,10 +26,13 @@ def _config(spec: str, **data_keys):
     return cfg
 
 
-def _two_steps(cfg):
-    """A prior trained 2 steps, evaluated, sampled and saved at step 2."""
+def _two_steps(cfg, num_samples=None):
+    """A prior trained 2 steps, evaluated, sampled (`num_samples`, default the config's)
+    and saved at step 2."""
     cfg.train.update(num_steps=2, log_every_steps=1, eval_every_steps=2, sample_every_steps=2,
                      checkpoint_every_steps=2)
+    if num_samples is not None:
+        cfg.train.num_samples = num_samples
     return cfg
 
 
@@ -38,9 +41,24 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
     vq, top, bottom = root / "vqvae", root / "top", root / "bottom"
     train.train_and_evaluate(_config(str(ROOT / "experiments" / "vqvae_mnist.py:smoke")), vq)
-    train.train_and_evaluate(_two_steps(_config(f"{PRIORS}:smoke_top", path=str(vq))), top)
+    # The bottom prior's preview (code maps drawn given the top codes) is the one tested;
+    # the top prior writes none (train.num_samples=0), one sampler fewer to compile.
+    train.train_and_evaluate(_two_steps(_config(f"{PRIORS}:smoke_top", path=str(vq)), 0), top)
     train.train_and_evaluate(_two_steps(_config(f"{PRIORS}:smoke_bottom", path=str(vq))), bottom)
     return vq, top, bottom
+
+
+def test_prior_previews_are_code_maps(runs):
+    _, top, bottom = runs
+    assert not list(top.glob("samples_*.png"))  # train.num_samples=0
+    # 4 code maps of 14x14 in 2 x 2 cells (a grey border of 128), upscaled 4x; code k of
+    # the smoke codebook's 8 is grey level 255 k / 7.
+    grid = np.asarray(Image.open(bottom / "samples_2.png"))
+    assert grid.shape == (4 * (2 * 15 + 1),) * 2
+    levels = np.round(255 * np.arange(8) / 7)
+    cells = grid.reshape(31, 4, 31, 4)[:, 0, :, 0]
+    maps = cells[1:].reshape(2, 15, 31)[:, :14].reshape(28, 31)[:, 1:].reshape(28, 2, 15)
+    assert np.isin(maps[..., :14], levels).all() and (cells[0] == 128).all()
 
 
 def test_vqvae_run_writes_its_metrics_and_reconstruction_grid(runs):
