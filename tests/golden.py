@@ -1,4 +1,5 @@
-"""Golden numbers of every model's smoke config, recorded before the model protocol redesign.
+"""Golden numbers of every model's smoke config: recorded variables, log-probs and samples
+that the models must keep reproducing.
 
 `tests/data/golden/<case>.npz` holds, per case, the variables (`var:<path>`), a fixed
 batch x (with labels / cond where the model has them), its log-probs `lp`, and the
@@ -37,7 +38,8 @@ CASES = {
     "transformer": ("experiments/transformer_mnist.py:smoke", {}),
 }
 
-# Parameter paths renamed by the redesign, per model: old path -> new path (None: dropped).
+# The recordings' parameter paths (an older module layout), per model: recorded path ->
+# the model's path (None: no counterpart).
 
 
 def _made(path: str, model_cfg) -> str:

@@ -1,4 +1,4 @@
-"""The redesign changed no number: recorded parameters give the recorded log-probs and samples."""
+"""No model's numbers move: recorded parameters give the recorded log-probs and samples."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_recorded_parameters_give_recorded_log_probs_and_samples(case):
     for method in ("naive", "cached"):
         xs = jaxar.sample(model, variables, jax.random.key(2), 2, labels=labels, cond=cond,
                           method=method)
-        # Before the redesign non-raster PixelSNAIL had no cached sampler: the naive
-        # samples are what every method must draw.
+        # The recordings of non-raster PixelSNAIL hold naive samples only: those are what
+        # every method must draw.
         want = rec.get(f"samples_{method}", rec["samples_naive"])
         np.testing.assert_array_equal(np.asarray(xs), want, err_msg=method)
