@@ -138,7 +138,7 @@ def test_sampler_cli_warns_and_falls_back_or_exits_2_in_one_line(pristine, tmp_p
     damage(workdir, 3, "garbage")
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: no checkpoint in ")
+    assert bad.stderr.strip().splitlines()[-1].startswith("jaxar-sample: error: no checkpoint in ")
 
 
 def test_trainer_falls_back_from_a_latest_checkpoint_without_metadata(pristine, tmp_path,

@@ -36,11 +36,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def run(parser: Parser, work: Callable[[], str]) -> int:
+def run(parser: Parser, work: Callable[[], str], out_of_memory: str | None = None) -> int:
     """Runs a command's `work` and prints the line it returns. Bad input (a ValueError) is
     one line on stderr and exit code 2, a failed read or write (an OSError: a full disk) one
     line and exit 1, Ctrl-C one line and exit 130; outputs are written atomically
-    (`jaxar.files`), so none of these leaves a partial file."""
+    (`jaxar.files`), so none of these leaves a partial file. With `out_of_memory` (advice
+    naming the flag that sets how much is computed at once), XLA running out of device
+    memory is that advice in one line and exit code 2."""
     try:
         print(work())
     except ValueError as err:
@@ -49,4 +51,11 @@ def run(parser: Parser, work: Callable[[], str]) -> int:
         parser.exit(1, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{parser.prog}: interrupted: nothing written\n")
+    except Exception as err:
+        import jax  # noqa: PLC0415 (imported by `work` already; --help stays light)
+
+        if (out_of_memory is None or not isinstance(err, jax.errors.JaxRuntimeError)
+                or "RESOURCE_EXHAUSTED" not in str(err)):
+            raise
+        parser.exit(2, f"{parser.prog}: error: {out_of_memory} (nothing written)\n")
     return 0

@@ -193,17 +193,13 @@ def in_batches(draw, key, num: int, batch: int, **per_sample) -> np.ndarray:
     return np.concatenate(parts)
 
 
-class WriteFailed(Exception):
-    """`--out` could not be written (a full disk, an I/O error): exit code 1, one line."""
-
-
 def _save_grid(path, *args, **kwargs) -> None:
-    """`reporting.save_image_grid` (atomic); an OSError becomes `WriteFailed`."""
+    """`reporting.save_image_grid` (atomic); an OSError is re-raised naming `--out`."""
     try:
         reporting.save_image_grid(path, *args, **kwargs)
     except OSError as err:
-        raise WriteFailed(f"--out: cannot write {str(path)!r} ({err.strerror or err}); "
-                          f"nothing written, a previous file is unchanged") from err
+        raise OSError(f"--out: cannot write {str(path)!r} ({err.strerror or err}); "
+                      f"nothing written, a previous file is unchanged") from err
 
 
 def _completion_grid(original, mask, xs, num_levels, shape, num) -> np.ndarray:
@@ -275,20 +271,9 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     compilation_cache.enable()  # a repeated sampling run loads its programs from disk
-    try:
-        print(run(args))
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    except jax.errors.JaxRuntimeError as err:
-        if "RESOURCE_EXHAUSTED" not in str(err):
-            raise
-        parser.exit(2, f"error: out of memory drawing {min(args.num, args.batch)} samples at "
-                       f"once: use a smaller --batch (nothing written)\n")
-    except WriteFailed as err:
-        parser.exit(1, f"error: {err}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "jaxar-sample: interrupted: nothing written\n")
-    return 0
+    return cli.run(parser, lambda: run(args), out_of_memory=(
+        f"out of memory drawing {min(args.num, args.batch)} samples at once: use a smaller "
+        f"--batch"))
 
 
 if __name__ == "__main__":
