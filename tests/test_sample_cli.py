@@ -194,6 +194,31 @@ def test_ctrl_c_exits_130_and_leaves_the_previous_file(run_dir, tmp_path, capsys
     assert out.read_bytes() == b"previous" and sorted(tmp_path.iterdir()) == [out]
 
 
+@pytest.mark.parametrize("message,code", [("RESOURCE_EXHAUSTED: Out of memory", 2),
+                                          ("INTERNAL: a failed kernel", None)])
+def test_out_of_device_memory_is_one_line_naming_the_batch(run_dir, tmp_path, capsys,
+                                                            monkeypatch, message, code):
+    """XLA out of memory: one line advising a smaller --batch, exit 2, nothing written;
+    any other runtime error keeps its traceback."""
+    def failing(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(jaxar.sampling, "sample", failing)
+    argv = ["--workdir", str(run_dir), "--num", "5", "--batch", "3",
+            "--out", str(tmp_path / "x.png")]
+    if code is None:
+        with pytest.raises(jax.errors.JaxRuntimeError, match="a failed kernel"):
+            sample_cli.main(argv)
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            sample_cli.main(argv)
+        assert exit_info.value.code == code
+        assert capsys.readouterr().err == (
+            "jaxar-sample: error: out of memory drawing 3 samples at once: use a smaller "
+            "--batch (nothing written)\n")
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs (tests run as root here); skipped where mounting is not allowed."""
