@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 # XLA compiles the same programs many times in this suite: each training test builds a
 # Trainer (new jitted functions) and each CLI or fault test starts a process. One
 # persistent cache, fresh for every run of the suite, compiles each program once; what
@@ -97,6 +99,15 @@ def pytest_xdist_make_scheduler(config, log):
             return scope_of(nodeid, case_ids)
 
     return Scheduling(config, log)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """The reliability tests' uninterrupted smoke run (`smoke_runs.pristine_run`): one per
+    module that uses it, copied by each test that changes it (`smoke_runs.copy_run`)."""
+    from smoke_runs import pristine_run  # noqa: PLC0415 (jax after the settings above)
+
+    return pristine_run(tmp_path_factory.mktemp("pristine") / "run")
 
 
 def pytest_unconfigure(config):

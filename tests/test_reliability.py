@@ -12,30 +12,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from smoke_runs import copy_run, smoke
 
 import jaxar
 from jaxar.models import common
 from jaxar.training import checkpoint, lock, reporting, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def smoke(**train_overrides):
-    cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelcnn_mnist.py:smoke"))
-    cfg.train.update(train_overrides)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """An uninterrupted 6-step smoke run: checkpoints 3 and 6, its final state."""
-    workdir = tmp_path_factory.mktemp("pristine") / "run"
-    state = train.train_and_evaluate(smoke(), workdir)
-    return workdir, jax.device_get(state)
-
-
-def copy_run(pristine, tmp_path) -> pathlib.Path:
-    return pathlib.Path(shutil.copytree(pristine[0], tmp_path / "run"))
 
 
 def names(workdir) -> list[str]:

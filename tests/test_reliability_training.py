@@ -9,7 +9,6 @@ import gc
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,29 +17,10 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from smoke_runs import copy_run, smoke
 
 import jaxar
 from jaxar.training import checkpoint, lock, reporting, train
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def smoke(**data_overrides):
-    cfg = jaxar.load_config(str(ROOT / "experiments" / "pixelcnn_mnist.py:smoke"))
-    cfg.data.update(data_overrides)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """An uninterrupted 6-step smoke run: checkpoints 3 and 6."""
-    workdir = tmp_path_factory.mktemp("pristine") / "run"
-    train.train_and_evaluate(smoke(), workdir)
-    return workdir
-
-
-def copy_run(pristine, tmp_path) -> pathlib.Path:
-    return pathlib.Path(shutil.copytree(pristine, tmp_path / "run"))
 
 
 def snapshot(workdir) -> dict:
@@ -97,7 +77,7 @@ def test_resume_on_other_data_is_refused_and_nothing_is_written(pristine, tmp_pa
         overrides = {**overrides, "path": str(image_folder(tmp_path / "images"))}
     before = snapshot(workdir)
     with pytest.raises(train.BadInput) as info:
-        train.train_and_evaluate(smoke(**overrides), workdir)
+        train.train_and_evaluate(smoke(overrides), workdir)
     message = str(info.value)
     assert "\n" not in message and named in message, message
     assert "the data differs from that of the checkpoint at step 6" in message
@@ -109,7 +89,7 @@ def test_start_over_trains_from_step_0_and_keeps_the_old_checkpoints_aside(prist
                                                                            tmp_path):
     workdir = copy_run(pristine, tmp_path)
     old_params = checkpoint.load_run(workdir)[2]
-    state = train.train_and_evaluate(smoke(name="random"), workdir, start_over=True)
+    state = train.train_and_evaluate(smoke({"name": "random"}), workdir, start_over=True)
     assert int(state.step) == 6
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
         "3", "6", "previous-3", "previous-6"]
@@ -129,13 +109,13 @@ def test_a_refused_run_leaves_no_workdir_lock_or_index(tmp_path):
     bad = dict(source="folder", path=str(tmp_path / "no_such_folder"), name="folder",
                num_train=None, num_test=None)
     with pytest.raises(train.BadInput, match="no_such_folder"):
-        train.train_and_evaluate(smoke(**bad), tmp_path / "new" / "run")
+        train.train_and_evaluate(smoke(bad), tmp_path / "new" / "run")
     assert not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")
     with pytest.raises(train.BadInput, match="no_such_folder"):
-        train.train_and_evaluate(smoke(**bad), existing)
+        train.train_and_evaluate(smoke(bad), existing)
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
     # A workdir that is a file: one line, and the file stays.
     (tmp_path / "file").write_text("x")
