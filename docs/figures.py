@@ -86,7 +86,8 @@ def seconds(s: float | None) -> str:
         return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
     if s < 120:
         return f"{s:.0f} s"
-    return f"{int(s // 60)} min {s % 60:.0f} s"
+    whole = round(s)
+    return f"{whole // 60} min {whole % 60} s"
 
 
 def num(x, digits: int = 3) -> str:
@@ -155,14 +156,14 @@ class Page:
 def train_results(page: Page, data: dict) -> None:
     runs = data["runs"]
     page.table(
-        ["config", "model", "data", "batch", "steps", "wall time", "test bits/dim",
-         "test nats / example"],
-        [[code(r["config"]), r["model"],
-          f"{r['data']} {'x'.join(map(str, r['shape']))}, {r['num_levels']} levels",
-          r["batch_size"], f"{r['steps']:,}", seconds(r["wall_s"]), f"{r['test_bpd']:.4f}",
-          num(r.get("test_nats"), 4)] for r in runs],
-        "The final evaluation on each run's whole test split (EMA parameters) after a "
-        "short run; the wall time is the whole `jaxar-train` command (start-up, "
+        ["config", "levels", "batch", "steps", "wall time", "test bits/dim", "nats"],
+        [[code(r["config"]), r["num_levels"], r["batch_size"], f"{r['steps']:,}",
+          seconds(r["wall_s"]), f"{r['test_bpd']:.4f}", num(r.get("test_nats"), 4)]
+         for r in runs],
+        "The final evaluation on each run's whole test split (EMA parameters; nats per "
+        "example) after a short run; the data are "
+        + ", ".join(sorted({f"{r['data']} {'x'.join(map(str, r['shape']))}" for r in runs}))
+        + "; the wall time is the whole `jaxar-train` command (start-up, "
         "compilation, evaluations, checkpoints, the final samples).")
     groups = [("2 levels (binarized)", [r for r in runs if r["num_levels"] == 2]),
               ("256 levels", [r for r in runs if r["num_levels"] != 2])]
@@ -171,7 +172,7 @@ def train_results(page: Page, data: dict) -> None:
     for ax, (title, rs) in zip(axes[0], groups, strict=True):
         for r in rs:
             steps, bpd = zip(*r["eval_curve"], strict=True)
-            ax.plot(steps, bpd, marker="o", ms=3, label=r["config"].split("/")[-1])
+            ax.plot(steps, bpd, marker="o", ms=3, label=short(r["config"]))
         data = ", ".join(sorted({r["data"] for r in rs}))
         ax.set(title=f"{data}, {title}", xlabel="step", ylabel="test bits/dim")
         ax.grid(alpha=0.3)
@@ -180,22 +181,42 @@ def train_results(page: Page, data: dict) -> None:
                 "Test bits/dim (EMA parameters) at each evaluation of the runs above.")
 
 
+def short(spec: str) -> str:
+    """`experiments/x.py:variant` as `x:variant`."""
+    return spec.removeprefix("experiments/").replace(".py", "")
+
+
+def tick(spec: str) -> str:
+    """A config's name on two lines, for an axis."""
+    return short(spec).replace(":", "\n:")
+
+
 def sampling(page: Page, data: dict) -> None:
     rows = data["configs"]
+    extrapolated = [r for r in rows if r["naive_extrapolated"]]
     page.table(
-        ["config", "event", "batch", "cached", "naive", "cached speed-up", "naive = cached",
-         "fixed_point", "passes / dims", "fixed_point = cached"],
-        [[code(r["config"]), "x".join(map(str, r["event_shape"])), r["batch"],
+        ["config", "cached", "naive", "speed-up", "fixed_point (passes / dims)",
+         "= cached: naive, fixed_point", "off the full network: fixed_point, cached"],
+        [[code(short(r["config"])) + f" {'x'.join(map(str, r['event_shape']))}",
           seconds(r["cached_s"]),
-          seconds(r["naive_s"]) + (f" (from {r['naive_timed_steps']} steps)"
-                                   if r["naive_extrapolated"] else ""),
-          f"{r['speedup']:.0f}x", num(r["naive_identical_to_cached"]),
-          seconds(r["fixed_point_s"]), f"{r['fixed_point_passes']} / {r['dimensions']:,}",
-          num(r["fixed_point_identical_to_cached"])] for r in rows],
-        "Seconds to draw one batch of samples (random weights: speed does not depend on "
-        "them, though the fixed-point passes do), compilation apart. A naive time marked "
-        "\"from N steps\" is extrapolated linearly from its first N steps, and \"naive = "
-        "cached\" compares the samples of those steps only.")
+          seconds(r["naive_s"]) + ("\\*" if r["naive_extrapolated"] else ""),
+          f"{r['speedup']:.0f}x",
+          f"{seconds(r['fixed_point_s'])} ({r['fixed_point_passes']} / {r['dimensions']:,})",
+          f"{num(r['naive_identical_to_cached'])}, "
+          f"{num(r['fixed_point_identical_to_cached'])}",
+          f"{r['unsolved_dims']['fixed_point']}, {r['unsolved_dims']['cached']}"]
+         for r in rows],
+        f"Seconds to draw one batch of {rows[0]['batch']} samples (random weights: speed "
+        "does not depend on them, though the fixed-point passes do), compilation apart. "
+        + (f"\\* Extrapolated linearly from the first "
+           f"{', '.join(sorted({str(r['naive_timed_steps']) for r in extrapolated}))} "
+           "steps, whose samples are the ones compared with cached's. "
+           if extrapolated else "")
+        + "The last column counts the dimensions that one pass of the full network "
+        "changes (`jaxar.sampling.jitted_redraw`): 0 means exactly the full network's "
+        "ancestral sample, so where fixed_point and cached differ it says which one a "
+        "float rounding flip of a draw on a bin boundary moved (see [sampling "
+        "methods](guides/sampling.md)).")
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     methods = [("cached", "cached_s"), ("fixed_point", "fixed_point_s"), ("naive", "naive_s")]
     width = 0.8 / len(methods)
@@ -203,8 +224,8 @@ def sampling(page: Page, data: dict) -> None:
         ax.bar([j + i * width for j in range(len(rows))], [r[key] for r in rows], width,
                label=label + (" (extrapolated)" if label == "naive" and
                               any(r["naive_extrapolated"] for r in rows) else ""))
-    ax.set_xticks([j + width for j in range(len(rows))],
-                  [r["config"].split("/")[-1] for r in rows], fontsize=7)
+    ax.set_xticks([j + width for j in range(len(rows))], [tick(r["config"]) for r in rows],
+                  fontsize=7)
     ax.set(yscale="log", ylabel=f"seconds per batch of {rows[0]['batch']}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
@@ -235,7 +256,7 @@ def train_throughput(page: Page, data: dict) -> None:
     page.table(
         ["config", "batch", *[f"`{i}` images/s" for i in IMPL_ORDER], "auto / plain",
          "largest difference to plain"],
-        [[code(r["config"]), r["batch"],
+        [[code(short(r["config"])), r["batch"],
           *[num(r["images_per_s"].get(i)) if i in r["images_per_s"] else "-"
             for i in IMPL_ORDER],
           f"{r['images_per_s']['auto'] / r['images_per_s']['plain']:.2f}x",
@@ -254,7 +275,7 @@ def train_throughput(page: Page, data: dict) -> None:
         ax.bar(xs, ys, width, label=impl)
     ax.axhline(1.0, color="0.4", lw=0.8)
     ax.set_xticks([j + 1.5 * width for j in range(len(rows))],
-                  [r["config"].split("/")[-1] for r in rows], fontsize=7)
+                  [tick(r["config"]) for r in rows], fontsize=7)
     ax.set(ylabel="train-step speed / plain")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, title="model.conv_impl", title_fontsize=7)
@@ -267,7 +288,7 @@ def profile_step(page: Page, data: dict) -> None:
     groups = sorted({g for r in rows for g in r["groups"]},
                     key=lambda g: -max(r["groups"].get(g, 0) / r["op_s"] for r in rows))
     page.table(
-        ["group", *[f"{code(r['config'])} batch {r['batch']}" for r in rows]],
+        ["group", *[f"{code(short(r['config']))} batch {r['batch']}" for r in rows]],
         [["step (wall)", *[seconds(r["step_s"]) for r in rows]],
          ["ops (all threads)", *[seconds(r["op_s"]) for r in rows]],
          ["trace + lower / compile",
@@ -279,18 +300,23 @@ def profile_step(page: Page, data: dict) -> None:
         f"threads, from a `jax.profiler` trace of {data['steps']} steps; each op is counted "
         "by its kind (convolution, matmul, gather) and direction, else by the jaxar or "
         "optax function that emitted it.")
-    fig, ax = plt.subplots(figsize=(7.5, 1.1 + 0.5 * len(rows)))
+    # Groups under 2% of every step's op time share one bar segment, so that each colour
+    # names one group.
+    big = [g for g in groups if max(r["groups"].get(g, 0) / r["op_s"] for r in rows) >= 0.02]
+    fig, ax = plt.subplots(figsize=(6.0, 0.9 + 0.45 * len(rows)))
     cmap = plt.get_cmap("tab20")
     for j, r in enumerate(rows):
+        shares = [(g, r["groups"].get(g, 0)) for g in big]
+        shares.append(("other groups (each < 2%)",
+                       sum(v for g, v in r["groups"].items() if g not in big)))
         left = 0.0
-        for k, g in enumerate(groups):
-            share = 100 * r["groups"].get(g, 0) / r["op_s"]
+        for k, (g, value) in enumerate(shares):
+            share = 100 * value / r["op_s"]
             ax.barh(j, share, left=left, color=cmap(k % 20), label=g if j == 0 else None)
             left += share
-    ax.set_yticks(range(len(rows)), [r["config"].split("/")[-1] for r in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [short(r["config"]) for r in rows], fontsize=7)
     ax.set(xlabel="% of the step's op time", xlim=(0, 100))
-    ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.45))
-    fig.set_size_inches(7.5, 1.1 + 0.5 * len(rows) + 0.17 * math.ceil(len(groups) / 3))
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     page.figure(fig, "", "shares of a train step's op time by group",
                 "Where a train step's op time goes.")
 
@@ -321,29 +347,34 @@ def lossless(page: Page, data: dict) -> None:
         xs = [j + i * width for j, r in enumerate(runs) if r[key] is not None]
         ax.bar(xs, [r[key] for r in runs if r[key] is not None], width, label=label)
     ax.set_xticks([j + 2 * width for j in range(len(runs))],
-                  [run_name(r).split(",")[0] for r in runs], fontsize=7)
-    ax.set(ylabel="bits/dim", yscale="log")
+                  [", ".join(run_name(r).split(", ")[:2]) for r in runs], fontsize=7)
+    ax.set(ylabel="bits/dim")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     page.figure(fig, "", "bits per dimension of the model coder against PNG, WebP and lzma",
-                "Bits per dimension by coder, log scale.")
+                "Bits per dimension by coder.")
 
 
 def released_eval(page: Page, data: dict) -> None:
+    configs = data["configs"]
+    sampled = any("cached_sampling" in r for r in configs.values())
     rows = []
-    for spec, r in data["configs"].items():
+    for spec, r in configs.items():
         lp, s = r["log_prob"], r.get("cached_sampling")
-        rows.append([code(spec), f"{r['parameters']:,}", lp["batch"],
-                     seconds(lp["median_s_per_batch"]), num(lp["images_per_s"]),
-                     seconds(lp["s_per_1000_images"]), seconds(lp["first_call_s"]),
-                     "-" if s is None else f"{s['num_samples']} in {seconds(s['seconds'])}",
-                     "-" if s is None else seconds(s["compile_s"])])
+        row = [code(short(spec)), f"{r['parameters']:,}", lp["batch"],
+               seconds(lp["median_s_per_batch"]), num(lp["images_per_s"]),
+               seconds(lp["s_per_1000_images"]), seconds(lp["first_call_s"])]
+        if sampled:
+            row += ["-" if s is None else f"{s['num_samples']} in {seconds(s['seconds'])}",
+                    "-" if s is None else seconds(s["compile_s"])]
+        rows.append(row)
     page.table(["config", "parameters", "batch", "log_prob per batch", "images/s",
-                "per 1,000 images", "first call (compiles)", "cached samples",
-                "sampler compile"], rows,
+                "per 1,000 images", "first call (compiles)"]
+               + (["cached samples", "sampler compile"] if sampled else []), rows,
                "The released architectures (random weights in the released layout: speed "
                "does not depend on the values), jitted `jaxar.log_prob` (median of the "
-               "timed calls) and `jaxar.sample(method=\"cached\")`.")
+               "timed calls)" + (" and `jaxar.sample(method=\"cached\")`." if sampled
+                                 else "; sampling was not timed in this run."))
 
 
 def flat(prefix: str, value, out: list) -> None:
