@@ -12,7 +12,8 @@ sample), batch, learning rate and its decay, EMA, checkpoints, and the samples d
 the last step. Per run the JSON holds the steps, the wall time of the whole command
 (start-up, compilation, evaluations, checkpoints and samples included), the final test
 bits/dim and nats per example from the run's last `eval/` line of `metrics.jsonl`, and
-the eval and train curves (bits/dim against step). Runs go one after another; the JSON
+the eval and train curves (bits/dim against step), and the 1-minute load average at its
+start and end. Runs go one after another; the JSON
 is rewritten after each, so a run cut short keeps what it measured.
 
 These are short CPU runs, not runs to convergence: the curves still fall at the end.
@@ -84,6 +85,7 @@ def train_one(spec: str, steps: int, evals: int, scratch: pathlib.Path, index: i
             f"--config.train.eval_every_steps={eval_every}"]
     env = {**os.environ, "JAXAR_COMPILATION_CACHE": str(scratch / f"cache{index}")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # it would take precedence over the above
+    load_start = os.getloadavg()[0]  # the wall time says little without the machine's load
     seconds, proc = common.timed(lambda: subprocess.run(
         train_command() + args, env=env, cwd=ROOT, capture_output=True, text=True))
     if proc.returncode:
@@ -102,7 +104,8 @@ def train_one(spec: str, steps: int, evals: int, scratch: pathlib.Path, index: i
         "model": config["model"]["name"], "data": config["data"]["name"],
         "shape": config["data"]["shape"], "num_levels": config["data"]["num_levels"],
         "batch_size": config["train"]["batch_size"], "steps": steps,
-        "wall_s": seconds, "test_bpd": final[metric],
+        "wall_s": seconds, "load_1min": [load_start, os.getloadavg()[0]],
+        "test_bpd": final[metric],
         "test_nats": final.get("eval/nll_nats"),
         "eval_curve": [[m["step"], m[metric]] for m in eval_lines],
         "train_curve": [[m["step"], m["train/bpd"]] for m in train_lines if "train/bpd" in m],

@@ -155,16 +155,20 @@ class Page:
 
 def train_results(page: Page, data: dict) -> None:
     runs = data["runs"]
+    loads = all("load_1min" in r for r in runs)  # each run's own load, where recorded
     page.table(
-        ["config", "levels", "batch", "steps", "wall time", "test bits/dim", "nats"],
+        ["config", "levels", "batch", "steps", "wall time", *(["load"] if loads else []),
+         "test bits/dim", "nats"],
         [[code(r["config"]), r["num_levels"], r["batch_size"], f"{r['steps']:,}",
-          seconds(r["wall_s"]), f"{r['test_bpd']:.4f}", num(r.get("test_nats"), 4)]
-         for r in runs],
+          seconds(r["wall_s"]),
+          *([" - ".join(f"{v:.1f}" for v in r["load_1min"])] if loads else []),
+          f"{r['test_bpd']:.4f}", num(r.get("test_nats"), 4)] for r in runs],
         "The final evaluation on each run's whole test split (EMA parameters; nats per "
         "example) after a short run; the data are "
         + ", ".join(sorted({f"{r['data']} {'x'.join(map(str, r['shape']))}" for r in runs}))
         + "; the wall time is the whole `jaxar-train` command (start-up, "
-        "compilation, evaluations, checkpoints, the final samples).")
+        "compilation, evaluations, checkpoints, the final samples)"
+        + ("; load: the 1-minute load average at its start and end." if loads else "."))
     groups = [("2 levels (binarized)", [r for r in runs if r["num_levels"] == 2]),
               ("256 levels", [r for r in runs if r["num_levels"] != 2])]
     groups = [(title, rs) for title, rs in groups if rs]

@@ -67,6 +67,15 @@ def test_a_json_becomes_a_table_and_a_figure_captioned_with_machine_date_command
         assert piece in description, piece
 
 
+def test_each_runs_load_is_a_column_where_recorded(tmp_path):
+    write(tmp_path / "data", "train_results",
+          {"header": HEADER, "runs": [{**RUN, "load_1min": [3.04, 7.96]}]})
+    figures.build(tmp_path / "data", tmp_path / "out")
+    text = (tmp_path / "out" / "train_results.md").read_text()
+    assert "| wall time | load | test bits/dim |" in text
+    assert "| 2 min 5 s | 3.0 - 8.0 | 0.2346 |" in text
+
+
 @pytest.mark.parametrize("value, text", [(0.0123, "0.012 s"), (5.25, "5.25 s"), (42.26, "42.3 s"),
                                          (101.4, "101 s"), (899.7, "15 min 0 s"),
                                          (3951.3, "65 min 51 s")])
