@@ -57,7 +57,7 @@ def caption(header: dict) -> str:
         where = str(m)
     v = header.get("versions", {})
     names = (("jax", "jax_version"), ("jaxlib", "jaxlib_version"), ("flax", "flax_version"),
-             ("Python", "python_version"))
+             ("TensorFlow", "tf_version"), ("Python", "python_version"))
     versions = ", ".join(f"{name} {v[key]}" for name, key in names if v.get(key))
     load = ""
     if header.get("load_1min_start") is not None:
@@ -381,6 +381,46 @@ def released_eval(page: Page, data: dict) -> None:
                                  else "; sampling was not timed in this run."))
 
 
+def tf_compare(page: Page, data: dict) -> None:
+    """jaxar's evaluation against the original TensorFlow code's, one batch in turn."""
+    models = data["models"]
+    variants = sorted({v for m in models.values() for v in m["variants"]})
+    page.table(
+        ["model", "parameters", "TensorFlow s/batch",
+         *[f"`{v}` s/batch (speed / TF)" for v in variants], "NLL max relative difference",
+         "load average"],
+        [[name, f"{m['num_params']:,}", seconds(m["tf_s_per_batch"]),
+          *[f"{seconds(m['variants'][v]['s_per_batch'])} ({m['variants'][v]['ratio']:.2f}x)"
+            if v in m["variants"] else "-" for v in variants],
+          ", ".join(f"{num(x, 2)}" for x in m["nll_max_rel_diff"].values()),
+          f"{m['loadavg']['min']:.1f}-{m['loadavg']['max']:.1f}"] for name, m in models.items()],
+        f"Seconds per batch of {data['batch']} images of the `paper`-size network's "
+        "log-likelihood (the released architectures, the same weights in both: the "
+        "NLL column compares their per-image values), "
+        f"median of {', '.join(sorted({str(m['rounds']) for m in models.values()}))} rounds "
+        "taken in turn after a warm-up; speed / TF above 1 means jaxar is faster. "
+        + ", ".join(f"`{name}`: `{v['spec']}`" for name, v in
+                    next(iter(models.values()))["variants"].items())
+        + f" (XLA flags after `::`). TensorFlow threads: {data['tf_threads']}.")
+    rows = []
+    for name, m in models.items():
+        for framework, prof in m.get("profile_groups", {}).items():
+            total = sum(prof["op_seconds"].values())
+            rows.append([name, framework, seconds(prof.get("wall_s", prof.get("step_s"))),
+                         "; ".join(f"{g} {100 * v / total:.0f}%" for g, v in sorted(
+                             prof["op_seconds"].items(), key=lambda kv: -kv[1]))])
+    sources = sorted({f"`{p['source']}` on {p['date']}" for m in models.values()
+                      for f, p in m.get("profile_groups", {}).items() if "source" in p
+                      and "date" in p and f != "tf"})
+    if rows:
+        page.table(["model", "framework", "profiled batch (wall)", "share of the op time"],
+                   rows, "Op time of one profiled batch by kind of op (TensorFlow: its step "
+                   "stats per kernel, in the run of the caption; jaxar: "
+                   "benchmarks/profile_step.py's groups"
+                   + (f", from a run of its own: {'; '.join(sources)}" if sources else "")
+                   + ").")
+
+
 def flat(prefix: str, value, out: list) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -405,13 +445,26 @@ def generic(page: Page, data: dict) -> None:
 RENDERERS = {"train_results": train_results, "sampling": sampling,
              "sampling_sequences": sampling_sequences, "train_throughput": train_throughput,
              "profile_step": profile_step, "lossless": lossless,
-             "released_eval": released_eval}
+             "released_eval": released_eval, "tf_compare": tf_compare}
+
+
+def split_header(data: dict) -> dict | None:
+    """Takes the header out of a report: its "header" (benchmarks/common.py's
+    `write_json`) or, in a report written by a harness outside the repository, its
+    top-level "machine", "date" and "command" with any "*_version" beside them."""
+    if "header" in data:
+        return data.pop("header")
+    if not all(key in data for key in REQUIRED):
+        return None
+    header = {key: data.pop(key) for key in REQUIRED}
+    header["versions"] = {k: data.pop(k) for k in list(data) if k.endswith("_version")}
+    return header
 
 
 def render(path: pathlib.Path, out: pathlib.Path) -> Page:
     """Writes `out/<name>.md` (and its figures) for one JSON file; returns the page."""
     data = json.loads(path.read_text())
-    header = data.pop("header", None)
+    header = split_header(data)
     if not isinstance(header, dict):
         raise ValueError(f"{path}: no header (write it with benchmarks/common.py's write_json)")
     try:
