@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` impor
 
 from benchmarks import common  # noqa: E402
 
-# CONFIG[:variant]=STEPS, sized so that all of them take about 20 minutes on a shared
-# 2-core CPU.
+# CONFIG[:variant]=STEPS: short schedules, so that the whole set runs on a CPU (the JSON
+# records each run's wall time).
 RUNS = [
     "experiments/made_mnist.py=3000",
     "experiments/pixelcnn_mnist.py=1000",

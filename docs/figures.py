@@ -47,14 +47,11 @@ def caption(header: dict) -> str:
     if missing:
         raise ValueError(f"header: missing {', '.join(missing)}")
     m = header["machine"]
-    if isinstance(m, dict):
-        avx = {True: "AVX-512", False: "no AVX-512"}.get(m.get("avx512"), "")
-        memory = f"{m['memory_bytes'] / 2**30:.0f} GiB" if m.get("memory_bytes") else ""
-        parts = [m.get("cpu"), f"{m['cores']} cores" if m.get("cores") else "", avx, memory,
-                 f"{m['backend']} backend" if m.get("backend") else ""]
-        where = ", ".join(p for p in parts if p)
-    else:
-        where = str(m)
+    avx = {True: "AVX-512", False: "no AVX-512"}.get(m.get("avx512"), "")
+    memory = f"{m['memory_bytes'] / 2**30:.0f} GiB" if m.get("memory_bytes") else ""
+    parts = [m.get("cpu"), f"{m['cores']} cores" if m.get("cores") else "", avx, memory,
+             f"{m['backend']} backend" if m.get("backend") else ""]
+    where = ", ".join(p for p in parts if p)
     v = header.get("versions", {})
     names = (("jax", "jax_version"), ("jaxlib", "jaxlib_version"), ("flax", "flax_version"),
              ("TensorFlow", "tf_version"), ("Python", "python_version"))
@@ -448,23 +445,10 @@ RENDERERS = {"train_results": train_results, "sampling": sampling,
              "released_eval": released_eval, "tf_compare": tf_compare}
 
 
-def split_header(data: dict) -> dict | None:
-    """Takes the header out of a report: its "header" (benchmarks/common.py's
-    `write_json`) or, in a report written by a harness outside the repository, its
-    top-level "machine", "date" and "command" with any "*_version" beside them."""
-    if "header" in data:
-        return data.pop("header")
-    if not all(key in data for key in REQUIRED):
-        return None
-    header = {key: data.pop(key) for key in REQUIRED}
-    header["versions"] = {k: data.pop(k) for k in list(data) if k.endswith("_version")}
-    return header
-
-
 def render(path: pathlib.Path, out: pathlib.Path) -> Page:
     """Writes `out/<name>.md` (and its figures) for one JSON file; returns the page."""
     data = json.loads(path.read_text())
-    header = split_header(data)
+    header = data.pop("header", None)
     if not isinstance(header, dict):
         raise ValueError(f"{path}: no header (write it with benchmarks/common.py's write_json)")
     try:
