@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -190,6 +191,56 @@ def test_readers_never_fail_while_a_trainer_saves_and_prunes(pristine, tmp_path)
     assert not errors, errors[:3]
     assert len(reads) >= 3 and set(reads) <= set(range(6, 7 + saves))
     assert checkpoint.finished_steps(workdir / "checkpoints") == [6 + saves]
+
+
+def pruned_under_every_read(monkeypatch, directory, reads_lost: int):
+    """The first `reads_lost` reads of `load_run` lose their step as a fast trainer would
+    take it: the step being read is renamed to the next one (a newer step finished, the
+    read one pruned) before the read starts. Returns the list of steps lost."""
+    restore = checkpoint.restore_newest
+    lost = []
+
+    def racing(manager, directory_, make_target, **kwargs):
+        if len(lost) < reads_lost:
+            (step,) = checkpoint.finished_steps(directory)
+            (directory / str(step)).rename(directory / str(step + 1))
+            lost.append(step)
+        return restore(manager, directory_, make_target, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "restore_newest", racing)
+    return lost
+
+
+def test_a_reader_outlasts_a_trainer_pruning_every_step_it_lists(pristine, tmp_path,
+                                                                 monkeypatch):
+    """More reads lost to pruning in a row than READ_ATTEMPTS: the reader keeps going
+    while each loss follows a new step, and returns the step that stayed."""
+    workdir = copy_run(pristine, tmp_path)
+    directory = workdir / "checkpoints"
+    for step in checkpoint.finished_steps(directory)[:-1]:  # one kept, like max_to_keep=1
+        shutil.rmtree(directory / str(step))
+    (last,) = checkpoint.finished_steps(directory)
+    lost = pruned_under_every_read(monkeypatch, directory, checkpoint.READ_ATTEMPTS + 3)
+    *_, step = checkpoint.load_run(workdir)
+    assert lost == list(range(last, last + checkpoint.READ_ATTEMPTS + 3))
+    assert step == last + checkpoint.READ_ATTEMPTS + 3
+
+
+def test_a_reader_that_loses_every_read_says_so(pristine, tmp_path, monkeypatch):
+    """A trainer that always prunes first: after READ_RETRY_SECONDS the error says that
+    the steps were pruned under the reads, not that the workdir holds none."""
+    workdir = copy_run(pristine, tmp_path)
+    directory = workdir / "checkpoints"
+    for step in checkpoint.finished_steps(directory)[:-1]:
+        shutil.rmtree(directory / str(step))
+    monkeypatch.setattr(checkpoint, "READ_RETRY_SECONDS", 1.5)
+    lost = pruned_under_every_read(monkeypatch, directory, reads_lost=10**6)
+    with pytest.raises(ValueError, match=r"every checkpoint listed was pruned while it was "
+                                         r"read \((\d+) listings in \d+ s; the last \[\d+\]\)"
+                       ) as err:
+        checkpoint.load_run(workdir)
+    assert "holds no checkpoint" not in str(err.value)
+    assert len(lost) > checkpoint.READ_ATTEMPTS and "\n" not in str(err.value)
 
 
 # ----------------------------------------------------- orbax's tracebacks, for every loader

@@ -367,6 +367,18 @@ def _paths(state_tree) -> list:
 
 
 READ_ATTEMPTS = 5  # listings a reader tries while a trainer saves and prunes
+# A reader whose every listed step was pruned under it retries for this long: only a
+# trainer saving faster than a step can be read (a loaded machine, a tiny model)
+# keeps it retrying beyond READ_ATTEMPTS.
+READ_RETRY_SECONDS = 60.0
+
+
+class _Vanished(ValueError):
+    """Every step a reader listed was pruned before it could be read."""
+
+    def __init__(self, steps):
+        super().__init__(f"steps {steps} vanished while being read")
+        self.steps = steps
 
 
 def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -409,7 +421,9 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None, params: str =
     )
     # A trainer may prune the step being read (or finish a newer one) meanwhile: a step
     # that vanished is no damage, the listing is read again.
-    for attempt in range(READ_ATTEMPTS):
+    start, attempts = time.monotonic(), 0
+    while True:
+        attempts += 1
         listed = finished_steps(directory)
         try:
             with ocp.CheckpointManager(directory, item_handlers=_item_handlers()) as manager:
@@ -421,12 +435,21 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None, params: str =
                         f"step must be one of the saved steps {sorted(steps)}, got {step}")
                 restored = restore_newest(manager, directory, target, step=step)
             if restored is None:  # every listed step vanished
-                raise ValueError(f"workdir {str(workdir)!r} holds no checkpoint")
+                raise _Vanished(sorted(steps))
             break
-        except (OSError, ValueError):
-            if attempt + 1 == READ_ATTEMPTS or finished_steps(directory) == listed:
+        except (OSError, ValueError) as err:
+            elapsed = time.monotonic() - start
+            more = (elapsed < READ_RETRY_SECONDS if isinstance(err, _Vanished)
+                    else attempts < READ_ATTEMPTS)
+            if not more or finished_steps(directory) == listed:
+                if isinstance(err, _Vanished):
+                    raise ValueError(
+                        f"workdir {str(workdir)!r}: every checkpoint listed was pruned while "
+                        f"it was read ({attempts} listings in {elapsed:.0f} s; the last "
+                        f"{err.steps}): a trainer is saving faster than a step can be read"
+                    ) from None
                 raise
-            time.sleep(0.05 * (attempt + 1))
+            time.sleep(min(0.05 * attempts, 1.0))
     state, step = restored.state, restored.step
     variables = {"params": state["ema_params" if params == "ema" else "params"]}
     if state.get("batch_stats"):
