@@ -30,10 +30,8 @@ def test_recorded_parameters_give_recorded_log_probs_and_samples(case):
     labels, cond = rec.get("labels"), rec.get("cond")
     lp = jaxar.log_prob(model, variables, rec["x"], labels, cond)
     np.testing.assert_allclose(np.asarray(lp), rec["lp"], rtol=1e-5, atol=1e-5)
-    for method in ("naive", "cached"):
-        xs = jaxar.sample(model, variables, jax.random.key(2), 2, labels=labels, cond=cond,
-                          method=method)
-        # The recordings of non-raster PixelSNAIL hold naive samples only: those are what
-        # every method must draw.
-        want = rec.get(f"samples_{method}", rec["samples_naive"])
-        np.testing.assert_array_equal(np.asarray(xs), want, err_msg=method)
+    # The default method (the cached decoder) against the recorded naive samples, which
+    # every method must draw: that the methods agree is proven per family, ordering and
+    # conditioning mode in tests/test_protocol.py, so one sampler program per case here.
+    xs = jaxar.sample(model, variables, jax.random.key(2), 2, labels=labels, cond=cond)
+    np.testing.assert_array_equal(np.asarray(xs), rec["samples_naive"])

@@ -123,12 +123,13 @@ def test_imported_model_computes_what_the_original_computes(folder):
 
 
 def test_samplers_agree_on_an_imported_model():
+    """The cached decoder draws the full network's ancestral sample (fixed_point's, which
+    is exactly naive's: tests/test_protocol.py) on the released architecture."""
     model, variables = imported("neocxi_pixelsnail")
     key = jax.random.PRNGKey(3)
     draws = {m: np.asarray(jaxar.sample(model, variables, key, 1, method=m))
-             for m in ("cached", "fixed_point", "naive")}
+             for m in ("cached", "fixed_point")}
     assert draws["cached"].shape == (1, 8, 8, 3) and draws["cached"].std() > 0
-    np.testing.assert_array_equal(draws["cached"], draws["naive"])
     np.testing.assert_array_equal(draws["cached"], draws["fixed_point"])
 
 
