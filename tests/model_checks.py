@@ -51,7 +51,7 @@ def joint_log_probs(model, variables, x, label=None, cond=None) -> np.ndarray:
     n = x.shape[0]
     labels = None if label is None else np.full((n,), label, np.int32)
     if cond is not None:
-        cond = jnp.broadcast_to(cond, (n, *cond.shape[1:]))
+        cond = np.broadcast_to(cond, (n, *cond.shape[1:]))
     lp = jaxar.log_prob(model, variables, x, labels, cond)
     return np.asarray(lp, np.float64).reshape(n, -1).sum(-1)
 

@@ -112,12 +112,13 @@ def case(request):
     _, name, shape, levels, kwargs = request.param
     cfg = tiny_config(name, shape, levels, **kwargs)
     model = jaxar.build_model(cfg)
-    cond = None
+    # Conditioning and labels are made on the host (any values serve): an eager jax op
+    # compiles a program of its own per shape.
+    cond, rng = None, np.random.default_rng(3)
     if model.cond_levels:  # integer codes, which the data serves
-        cond = jax.random.randint(jax.random.key(3), (1, *model.cond_shape), 0,
-                                  model.cond_levels)
+        cond = rng.integers(0, model.cond_levels, (1, *model.cond_shape)).astype(np.int32)
     elif model.cond_shape:
-        cond = jax.random.normal(jax.random.key(3), (1, *model.cond_shape))
+        cond = rng.standard_normal((1, *model.cond_shape)).astype(np.float32)
     # Normalization, causality and sampler agreement hold for any parameters: random ones
     # drawn on the host compile no init (seconds for the weight-normalized models).
     return model, weightnorm_checks.random_variables(model), cond
@@ -127,8 +128,8 @@ def _batch(model, cond, n, seed=0):
     """Labels (every class in turn) and the conditioning map for n samples."""
     labels = None
     if model.num_classes:
-        labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes
-    cond_n = None if cond is None else jnp.broadcast_to(cond, (n, *cond.shape[1:]))
+        labels = np.arange(n, dtype=np.int32) % model.num_classes
+    cond_n = None if cond is None else np.broadcast_to(cond, (n, *cond.shape[1:]))
     return labels, cond_n
 
 
@@ -163,7 +164,7 @@ def test_samples_match_likelihood(case):
     x_all = all_inputs(model.event_shape, model.num_levels)
     probs = np.exp(joint_log_probs(model, variables, x_all, label, cond))
     n = METHODS_BATCH
-    labels = None if label is None else jnp.full((n,), label, jnp.int32)
+    labels = None if label is None else np.full((n,), label, np.int32)
     _, cond_n = _batch(model, cond, n)
     xs = np.concatenate([
         jaxar.sample(model, variables, jax.random.fold_in(jax.random.key(7), i), n,
