@@ -139,7 +139,7 @@ def test_cached_call_parameters_equal_a_full_forward_pass(case):
     x = np.random.default_rng(2).integers(0, model.num_levels, (BATCH, *model.event_shape))
     x = jnp.asarray(x, jnp.int32)
     cond = _codes(model, BATCH)
-    full = jax.jit(model.apply)(variables, x, labels, cond)  # [B, H, W, F]
+    full = np.asarray(jax.jit(model.apply)(variables, x, labels, cond))  # [B, H, W, F]
     decoder = model.decoder(variables, labels, cond, BATCH)
     got = decoder_call_params(decoder, x)  # [calls, B, F]
     order = base.generation_order(model)
@@ -147,7 +147,7 @@ def test_cached_call_parameters_equal_a_full_forward_pass(case):
     for s in range(got.shape[0]):
         dim = int(order[s * decoder.dims_per_step])
         np.testing.assert_allclose(
-            got[s], np.asarray(loop.params_at(model, full, dim)), atol=1e-5, rtol=1e-5,
+            got[s], loop.params_at(model, full, dim), atol=1e-5, rtol=1e-5,
             err_msg=f"call {s} (dimension {dim})",
         )
 
