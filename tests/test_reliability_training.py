@@ -193,6 +193,16 @@ def test_readers_never_fail_while_a_trainer_saves_and_prunes(pristine, tmp_path)
     assert checkpoint.finished_steps(workdir / "checkpoints") == [6 + saves]
 
 
+def run_keeping_one_step(pristine, tmp_path):
+    """A copy of the pristine run with its newest checkpoint only (max_to_keep=1):
+    (workdir, its checkpoint directory)."""
+    workdir = copy_run(pristine, tmp_path)
+    directory = workdir / "checkpoints"
+    for step in checkpoint.finished_steps(directory)[:-1]:
+        shutil.rmtree(directory / str(step))
+    return workdir, directory
+
+
 def pruned_under_every_read(monkeypatch, directory, reads_lost: int):
     """The first `reads_lost` reads of `load_run` lose their step as a fast trainer would
     take it: the step being read is renamed to the next one (a newer step finished, the
@@ -215,10 +225,7 @@ def test_a_reader_outlasts_a_trainer_pruning_every_step_it_lists(pristine, tmp_p
                                                                  monkeypatch):
     """More reads lost to pruning in a row than READ_ATTEMPTS: the reader keeps going
     while each loss follows a new step, and returns the step that stayed."""
-    workdir = copy_run(pristine, tmp_path)
-    directory = workdir / "checkpoints"
-    for step in checkpoint.finished_steps(directory)[:-1]:  # one kept, like max_to_keep=1
-        shutil.rmtree(directory / str(step))
+    workdir, directory = run_keeping_one_step(pristine, tmp_path)
     (last,) = checkpoint.finished_steps(directory)
     lost = pruned_under_every_read(monkeypatch, directory, checkpoint.READ_ATTEMPTS + 3)
     *_, step = checkpoint.load_run(workdir)
@@ -229,10 +236,7 @@ def test_a_reader_outlasts_a_trainer_pruning_every_step_it_lists(pristine, tmp_p
 def test_a_reader_that_loses_every_read_says_so(pristine, tmp_path, monkeypatch):
     """A trainer that always prunes first: after READ_RETRY_SECONDS the error says that
     the steps were pruned under the reads, not that the workdir holds none."""
-    workdir = copy_run(pristine, tmp_path)
-    directory = workdir / "checkpoints"
-    for step in checkpoint.finished_steps(directory)[:-1]:
-        shutil.rmtree(directory / str(step))
+    workdir, directory = run_keeping_one_step(pristine, tmp_path)
     monkeypatch.setattr(checkpoint, "READ_RETRY_SECONDS", 1.5)
     lost = pruned_under_every_read(monkeypatch, directory, reads_lost=10**6)
     with pytest.raises(ValueError, match=r"every checkpoint listed was pruned while it was "
