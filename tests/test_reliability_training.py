@@ -240,7 +240,7 @@ def test_a_reader_that_loses_every_read_says_so(pristine, tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint, "READ_RETRY_SECONDS", 1.5)
     lost = pruned_under_every_read(monkeypatch, directory, reads_lost=10**6)
     with pytest.raises(ValueError, match=r"every checkpoint listed was pruned while it was "
-                                         r"read \((\d+) listings in \d+ s; the last \[\d+\]\)"
+                                         r"read \(\d+ listings in \d+ s; the last \[\d+\]\)"
                        ) as err:
         checkpoint.load_run(workdir)
     assert "holds no checkpoint" not in str(err.value)

@@ -438,11 +438,10 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None, params: str =
                 raise _Vanished(sorted(steps))
             break
         except (OSError, ValueError) as err:
-            elapsed = time.monotonic() - start
-            more = (elapsed < READ_RETRY_SECONDS if isinstance(err, _Vanished)
-                    else attempts < READ_ATTEMPTS)
+            elapsed, vanished = time.monotonic() - start, isinstance(err, _Vanished)
+            more = elapsed < READ_RETRY_SECONDS if vanished else attempts < READ_ATTEMPTS
             if not more or finished_steps(directory) == listed:
-                if isinstance(err, _Vanished):
+                if vanished:
                     raise ValueError(
                         f"workdir {str(workdir)!r}: every checkpoint listed was pruned while "
                         f"it was read ({attempts} listings in {elapsed:.0f} s; the last "
