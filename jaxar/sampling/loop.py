@@ -68,10 +68,15 @@ def ancestral(model, decoder: base.Decoder, key, temperature, known, known_mask,
     def call(s, carry):
         x_flat, cache = carry
         params_BF, cache = decoder.step(cache, x_flat, s)
-        for c in range(k):
+
+        def one(c, x_flat):  # step t = s * k + c of the call
             t = s * k + c
             value = provide(t, params_BF, x_flat, order[t])
-            x_flat = write(x_flat, order[t], value, known_flat, mask_flat)
+            return write(x_flat, order[t], value, known_flat, mask_flat)
+
+        # A call's k draws run in a loop, not unrolled: the likelihood's sampling code
+        # (a pixel's channels: k = 3) is compiled once instead of k times.
+        x_flat = one(0, x_flat) if k == 1 else jax.lax.fori_loop(0, k, one, x_flat)
         return x_flat, cache
 
     def call_unless_known(s, carry):  # nothing to draw where every sample knows the dims
