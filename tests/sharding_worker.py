@@ -60,7 +60,21 @@ def run_steps(cfg, devices, host_state, steps: int = STEPS):
         losses.append(float(metrics["train/bpd"]))
         snapshots.append(trainer.to_host((state.params, state.opt_state)))
     sharded = [p for p in jax.tree.leaves(state.params) if p.sharding.spec != P()]
-    return np.asarray(losses), snapshots, len(sharded)
+    return np.asarray(losses), snapshots, len(sharded), finite_checks(trainer, state)
+
+
+def finite_checks(trainer, state) -> list[bool]:
+    """`state_is_finite` of the state, and of it with one NaN in the last element of its
+    largest parameter (on one device's shard only, where fsdp splits it)."""
+    params = jax.device_get(state.params)
+    leaves, treedef = jax.tree.flatten(params)
+    big = max(range(len(leaves)), key=lambda i: leaves[i].size)
+    leaves[big] = leaves[big].copy()
+    leaves[big].reshape(-1)[-1] = np.nan
+    poisoned = jax.device_put(jax.tree.unflatten(treedef, leaves),
+                              jax.tree.map(lambda p: p.sharding, state.params))
+    return [trainer.state_is_finite(state),
+            trainer.state_is_finite(state.replace(params=poisoned))]
 
 
 def max_diff(a, b) -> float:
@@ -99,20 +113,21 @@ def meshes(out: pathlib.Path) -> None:
     assert len(devices) == 8, devices
     host_state = initial_state(smoke_config())
     results = {}
-    one, snaps_one, _ = run_steps(smoke_config(), devices[:1], host_state)
+    one, snaps_one, _, _ = run_steps(smoke_config(), devices[:1], host_state)
     for name, mesh in {"8x1": (8, 1), "4x2": (4, 2)}.items():
         cfg = smoke_config()
         cfg.mesh.update(data=mesh[0], fsdp=mesh[1])
-        losses, snaps, num_sharded = run_steps(cfg, devices, host_state)
+        losses, snaps, num_sharded, finite = run_steps(cfg, devices, host_state)
         results[name] = {
             "loss_diff": float(np.max(np.abs(losses - one))),
             "first_step_diff": max_diff(snaps[0], snaps_one[0]),
             "last_step_diff": max_diff(snaps[-1], snaps_one[-1]),
             "sharded_param_leaves": num_sharded,
+            "state_is_finite": finite,
         }
     # The first global batch of 8 as 2 micro-batches of 4, on 4 devices, against one
     # batch of 8 on one device.
-    accum, snaps_accum, _ = run_steps(smoke_config(grad_accum_steps=2), devices[:4], host_state,
+    accum, snaps_accum, _, _ = run_steps(smoke_config(grad_accum_steps=2), devices[:4], host_state,
                                       steps=1)
     results["grad_accum"] = {"loss_diff": float(abs(accum[0] - one[0])),
                              "param_diff": max_diff(snaps_accum[0], snaps_one[0])}

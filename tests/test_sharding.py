@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import portpicker
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxar
@@ -58,6 +59,8 @@ def test_eight_fake_devices_match_one_device(tmp_path):
     run_worker("meshes", out, num_devices=8)
     results = json.loads(out.read_text())
     for mesh in ("8x1", "4x2"):
+        # The state is finite; one NaN on one device makes every device say it is not.
+        assert results[mesh]["state_is_finite"] == [True, False], results
         assert results[mesh]["loss_diff"] <= 1e-5, results
         assert results[mesh]["first_step_diff"] <= 1e-5, results
         assert results[mesh]["last_step_diff"] <= 1e-5, results
@@ -220,6 +223,22 @@ def test_fsdp_rule_splits_the_largest_divisible_axis_of_big_float_leaves():
     assert spec((16,), np.float32) == P()  # too small to be worth a gather
     assert spec((64, 64), np.int32) == P()
     assert sharding.leaf_spec((64, 64), np.float32, fsdp=1, min_size=0) == P()
+
+
+def test_all_finite_reads_every_float_leaf_of_every_dtype():
+    """(Over several devices, with fsdp-split leaves: test_eight_fake_devices_match_one_device.)"""
+    mesh = sharding.make_mesh({})
+    replicated = NamedSharding(mesh, P())
+    tree = {"w": np.ones((3, 4), np.float32), "h": np.ones(5, jnp.bfloat16),
+            "steps": np.arange(3), "key": jax.random.key(0)}
+    check = train.all_finite(mesh, jax.tree.map(lambda _: replicated, tree))
+    assert bool(check(tree))
+    for name, bad in [("w", np.nan), ("w", -np.inf), ("h", np.inf), ("h", np.nan)]:
+        leaf = tree[name].copy()
+        leaf.reshape(-1)[-1] = bad
+        assert not bool(check({**tree, name: leaf})), (name, bad)
+    no_floats = {"steps": np.arange(3)}
+    assert bool(train.all_finite(mesh, {"steps": replicated})(no_floats))
 
 
 SLURM_TWO_TASKS = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
