@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import pathlib
 import runpy
 import sys
 
 from orbax.checkpoint._src.path import atomicity
+
+from jaxar import files
 
 
 def hold_finalize(marker: str, nth: int, seconds: float) -> None:
@@ -29,7 +30,8 @@ def hold_finalize(marker: str, nth: int, seconds: float) -> None:
             return await original(self, *args, **kwargs)
         calls[0] += 1
         if calls[0] == nth:
-            pathlib.Path(marker).write_text(str(self.get()))
+            # Atomically: the test reads the path as soon as the marker exists.
+            files.write_text(marker, str(self.get()))
             await asyncio.sleep(seconds)
         return await original(self, *args, **kwargs)
 
