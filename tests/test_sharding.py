@@ -225,15 +225,19 @@ def test_fsdp_rule_splits_the_largest_divisible_axis_of_big_float_leaves():
     assert sharding.leaf_spec((64, 64), np.float32, fsdp=1, min_size=0) == P()
 
 
-def test_all_finite_reads_every_float_leaf_of_every_dtype():
-    """(Over several devices, with fsdp-split leaves: test_eight_fake_devices_match_one_device.)"""
+@pytest.mark.parametrize("run", [train.FINITE_CHECK_RUN, 5])
+def test_all_finite_reads_every_float_leaf_of_every_dtype(run, monkeypatch):
+    """In one run per dtype, and in runs of at most 5 elements (each leaf its own run).
+    (Over several devices, with fsdp-split leaves: test_eight_fake_devices_match_one_device.)"""
+    monkeypatch.setattr(train, "FINITE_CHECK_RUN", run)
     mesh = sharding.make_mesh({})
     replicated = NamedSharding(mesh, P())
     tree = {"w": np.ones((3, 4), np.float32), "h": np.ones(5, jnp.bfloat16),
-            "steps": np.arange(3), "key": jax.random.key(0)}
+            "v": np.ones(4, np.float32), "steps": np.arange(3), "key": jax.random.key(0)}
     check = train.all_finite(mesh, jax.tree.map(lambda _: replicated, tree))
     assert bool(check(tree))
-    for name, bad in [("w", np.nan), ("w", -np.inf), ("h", np.inf), ("h", np.nan)]:
+    for name, bad in [("w", np.nan), ("w", -np.inf), ("h", np.inf), ("h", np.nan),
+                      ("v", np.nan)]:
         leaf = tree[name].copy()
         leaf.reshape(-1)[-1] = bad
         assert not bool(check({**tree, name: leaf})), (name, bad)

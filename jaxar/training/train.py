@@ -443,21 +443,32 @@ def _check_loss(step: int, metrics: dict, limit: float, name: str = "bpd") -> di
     return values
 
 
+# all_finite concatenates a dtype's leaves in runs of at most this many elements: a
+# backend that does not fuse a concatenation into its reduction copies no more at once.
+FINITE_CHECK_RUN = 1 << 24
+
+
 def all_finite(mesh, shardings):
     """A jitted `tree -> bool scalar`: whether every float of a tree laid out as
     `shardings` (NamedShardings over `mesh`) is finite.
 
-    Each device reads only its own shards, as one reduction per dtype over their
-    concatenation (a reduction per leaf compiles a kernel per leaf: thousands for a
-    deep model's state), and the devices agree with one all-reduce.
+    Each device reads only its own shards, as one reduction per run of same-dtype
+    leaves (`FINITE_CHECK_RUN` elements; a reduction per leaf compiles a kernel per
+    leaf: thousands for a deep model's state), and the devices agree with one
+    all-reduce.
     """
 
     def local(tree):
-        by_dtype = {}
+        runs = {}  # dtype -> runs of raveled leaves
         for x in jax.tree.leaves(tree):
-            if jnp.issubdtype(x.dtype, jnp.inexact):
-                by_dtype.setdefault(x.dtype, []).append(x.ravel())
-        bad = [~jnp.isfinite(jnp.concatenate(xs)).all() for xs in by_dtype.values()]
+            if not jnp.issubdtype(x.dtype, jnp.inexact):
+                continue
+            dtype_runs = runs.setdefault(x.dtype, [[]])
+            if dtype_runs[-1] and sum(r.size for r in dtype_runs[-1]) + x.size > FINITE_CHECK_RUN:
+                dtype_runs.append([])
+            dtype_runs[-1].append(x.ravel())
+        bad = [~jnp.isfinite(jnp.concatenate(run)).all()
+               for dtype_runs in runs.values() for run in dtype_runs]
         any_bad = jnp.stack(bad).any() if bad else jnp.bool_(False)
         return jax.lax.pmax(any_bad.astype(jnp.int32), mesh.axis_names) == 0
 
