@@ -18,15 +18,7 @@ def random_variables(model, seed=0, scale=0.5):
     `model_checks.random_variables` this compiles no init (hundreds of random
     draws, slow to compile on CPU for these deep models).
     """
-    x = jax.ShapeDtypeStruct((1, *model.event_shape), jnp.int32)
-    labels = jax.ShapeDtypeStruct((1,), jnp.int32) if model.num_classes else None
-    cond = None
-    if model.cond_shape:
-        cond = jax.ShapeDtypeStruct((1, *model.cond_shape),
-                                    jnp.int32 if model.cond_levels else jnp.float32)
-    shapes = jax.eval_shape(lambda x, labels, cond: model.init({"params": jax.random.key(0)},
-                                                               x, labels, cond), x, labels, cond)
-    common.remember_variables(model, shapes)  # what check_variables would trace again
+    shapes = common.abstract_variables(model)  # also what check_variables compares
     rng = np.random.default_rng(seed)
     noise = lambda s: jnp.asarray((scale * rng.standard_normal(s.shape)).astype(s.dtype))
     return jax.tree.map(noise, shapes)

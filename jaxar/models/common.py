@@ -246,11 +246,17 @@ def _store(model, variables):
 
 
 def _variable_shapes(model) -> tuple[dict, jax.tree_util.PyTreeDef, list[tuple]]:
-    """{path: shape} of `model.init`'s variables (traced abstractly on one example, unless
+    """{path: shape} of `model.init`'s variables (`abstract_variables`, unless
     `remember_variables` saw them); the treedef of those variables as plain nested dicts,
     and the shapes of its leaves."""
-    if model in _SHAPES:
-        return _SHAPES[model]
+    if model not in _SHAPES:
+        abstract_variables(model)
+    return _SHAPES[model]
+
+
+def abstract_variables(model):
+    """`model.init`'s variables as `jax.ShapeDtypeStruct`s, traced abstractly on one
+    example (nothing runs); remembered for `check_variables`."""
     x = jax.ShapeDtypeStruct((1, *model.event_shape), np.int32)
     labels = jax.ShapeDtypeStruct((1,), np.int32) if model.num_classes else None
     cond = None
@@ -262,4 +268,5 @@ def _variable_shapes(model) -> tuple[dict, jax.tree_util.PyTreeDef, list[tuple]]
         shapes = jax.eval_shape(
             lambda x, labels, cond: model.init({"params": key, "dropout": key}, x, labels, cond),
             x, labels, cond)
-    return _store(model, shapes)
+    remember_variables(model, shapes)
+    return shapes
