@@ -286,11 +286,10 @@ class Trainer:
         self.data_shard = sharding.data_shard(self.batch_sharding)
         self.eval_batch_size = padded_eval_batch_size(cfg, self.mesh)
         self.optimizer = make_optimizer(cfg)
+        self._create = functools.partial(create_train_state, model, cfg)
         self.abstract_state = self._abstract_state(self.settings.mesh.fsdp_min_size)
         state_sharding = jax.tree.map(lambda s: s.sharding, self.abstract_state)
-        self._init = jax.jit(
-            functools.partial(create_train_state, model, cfg), out_shardings=state_sharding
-        )
+        self._init = jax.jit(self._create, out_shardings=state_sharding)
         step = functools.partial(
             train_step, model=model, optimizer=self.optimizer, ema_decay=cfg.train.ema_decay,
             dtype=precision.compute_dtype(cfg), accum_steps=accum_steps,
@@ -312,17 +311,15 @@ class Trainer:
 
     def _abstract_state(self, fsdp_min_size: int) -> TrainState:
         """Shapes, dtypes and shardings of a new state (for init and restore), computing nothing."""
-        key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-        x = jax.ShapeDtypeStruct((self.cfg.train.init_batch_size, *self.model.event_shape),
-                                 jnp.int32)
-        labels = jax.ShapeDtypeStruct(x.shape[:1], jnp.int32) if self.model.num_classes else None
+        # On the mesh, as init_state's arguments are: the trace is then the one init compiles.
+        on_mesh = functools.partial(jax.ShapeDtypeStruct, sharding=self.replicated)
+        key = on_mesh((2,), jnp.uint32)
+        x = on_mesh((self.cfg.train.init_batch_size, *self.model.event_shape), jnp.int32)
+        labels = on_mesh(x.shape[:1], jnp.int32) if self.model.num_classes else None
         cond = None  # served by the data (integer codes) or derived from x
         if self.model.cond_levels:
-            cond = jax.ShapeDtypeStruct((*x.shape[:1], *self.model.cond_shape), jnp.int32)
-        shapes = jax.eval_shape(
-            functools.partial(create_train_state, self.model, self.cfg), key, key, x, labels,
-            cond,
-        )
+            cond = on_mesh((*x.shape[:1], *self.model.cond_shape), jnp.int32)
+        shapes = jax.eval_shape(self._create, key, key, x, labels, cond)
         shardings = sharding.state_shardings(shapes, self.mesh, fsdp_min_size)
         return jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
