@@ -48,7 +48,7 @@ def imported(folder, file="params_cifar.ckpt", averages=True):
     cfg = fixture_config(folder)
     model = models.build_model(cfg)
     ckpt = tf_checkpoint.TFCheckpoint(DATA / folder / file)
-    shapes = import_weights.abstract_params(model, cfg)
+    shapes = import_weights.abstract_params(model)
     params = released.load(ckpt, model.released_layers(), shapes, averages=averages)
     return model, {"params": jax.tree.map(jnp.asarray, params)}
 
@@ -88,7 +88,7 @@ def test_parameter_counts_equal_the_released_architectures():
     for spec in ("pixelcnn_pp_cifar10.py:paper", "pixelsnail_cifar10.py:paper"):
         cfg = config.load_config(str(REPO / "experiments" / spec))
         model = models.build_model(cfg)
-        shapes = import_weights.abstract_params(model, cfg)
+        shapes = import_weights.abstract_params(model)
         counts[spec] = param_count(shapes)
         # The layer list covers every parameter of the paper model (3 per layer).
         assert len(model.released_layers()) * 3 == len(jax.tree.leaves(shapes))
@@ -136,8 +136,7 @@ def test_samplers_agree_on_an_imported_model():
 def test_another_architecture_is_refused_naming_the_tensor():
     ckpt = tf_checkpoint.TFCheckpoint(DATA / "openai_pixelcnn_pp" / "params_cifar.ckpt")
     model = models.build_model(fixture_config("openai_pixelcnn_pp", features=16))
-    shapes = import_weights.abstract_params(model, fixture_config("openai_pixelcnn_pp",
-                                                                  features=16))
+    shapes = import_weights.abstract_params(model)
     with pytest.raises(ValueError, match=r"params_cifar.ckpt: tensor 'model/conv2d_0/V/"
                                          r"ExponentialMovingAverage' of shape \[2, 3, 4, 8\] "
                                          r"does not fit the config's layer u_in \(v of shape "
@@ -150,7 +149,7 @@ def test_another_architecture_is_refused_naming_the_tensor():
     with pytest.raises(ValueError, match=r"tensor 'model/dense_9/V/ExponentialMovingAverage' of "
                                          r"shape \[25, 25\] does not fit the config's layer "
                                          r"out \(v of shape \[16, 20\]\)"):
-        released.check(ckpt, model.released_layers(), import_weights.abstract_params(model, cfg))
+        released.check(ckpt, model.released_layers(), import_weights.abstract_params(model))
     cfg = fixture_config("neocxi_pixelsnail", background_per_channel=False)
     with pytest.raises(ValueError, match=r"differs in: background_per_channel"):
         models.build_model(cfg).released_layers()

@@ -76,10 +76,17 @@ def test_another_models_variables_are_refused_before_compiling(made):
 def test_the_traced_variable_tree_equals_what_init_returned(made):
     model, variables = made
     remembered = common._SHAPES.pop(model)  # init_variables recorded it
+    common._ABSTRACT.pop(model, None)
     common.check_variables(model, variables)  # traced with jax.eval_shape
     traced = common._SHAPES[model]
     assert traced[0] == remembered[0] and traced[1] == remembered[1]
     assert traced[2] == remembered[2] == [(32,), (36, 32), (36,), (32, 36)]
+    # Traced once per model: an equal model (the same config built again) reuses it.
+    common._SHAPES.pop(model)
+    again = jaxar.build_model(jaxar.load_config(MADE_SMOKE))
+    assert again == model and again is not model
+    assert common.abstract_variables(again) is common.abstract_variables(model)
+    assert common._SHAPES[model] == traced
 
 
 # --- one decoding path for every image --------------------------------------------------------

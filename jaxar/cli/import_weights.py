@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar import cli, config, files, models, tf_checkpoint
-from jaxar.models import released
+from jaxar.models import common, released
 from jaxar.training import checkpoint, train
 
 # Source name -> (model family, the released configs to try, in order).
@@ -62,12 +62,9 @@ def _load_config(spec: str):
     return config.load_config(spec)
 
 
-def abstract_params(model, cfg):
-    """The model's parameter shapes (nothing computed)."""
-    x = jax.ShapeDtypeStruct((1, *model.event_shape), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda key, x: models.init_variables(model, cfg, key, x=x), jax.random.PRNGKey(0), x)
-    return shapes["params"]
+def abstract_params(model):
+    """The model's parameter shapes (nothing computed; traced once per model)."""
+    return common.abstract_variables(model)["params"]
 
 
 def fitting_config(ckpt, family: str, specs):
@@ -81,7 +78,7 @@ def fitting_config(ckpt, family: str, specs):
             raise ValueError(f"--config {spec}: model.name is {cfg.model.name!r}, the source's "
                              f"weights are {family!r}")
         model = models.build_model(cfg)
-        shapes = abstract_params(model, cfg)
+        shapes = abstract_params(model)
         try:
             released.check(ckpt, model.released_layers(), shapes)
         except ValueError as err:

@@ -224,8 +224,10 @@ def _flatten(where: str, tree, prefix: tuple[str, ...] = ()) -> dict[tuple, tupl
     return flat
 
 
-# model -> what `_variable_shapes` returns; a few models at a time.
+# model -> what `_variable_shapes` returns, and model -> `abstract_variables`; a few
+# models at a time.
 _SHAPES: dict = {}
+_ABSTRACT: dict = {}
 
 
 def remember_variables(model, variables) -> None:
@@ -256,7 +258,18 @@ def _variable_shapes(model) -> tuple[dict, jax.tree_util.PyTreeDef, list[tuple]]
 
 def abstract_variables(model):
     """`model.init`'s variables as `jax.ShapeDtypeStruct`s, traced abstractly on one
-    example (nothing runs); remembered for `check_variables`."""
+    example (nothing runs) once per model; remembered for `check_variables`."""
+    shapes = _ABSTRACT.get(model)
+    if shapes is None:
+        shapes = _trace_variables(model)
+        if len(_ABSTRACT) >= 64:
+            _ABSTRACT.clear()
+        _ABSTRACT[model] = shapes
+    remember_variables(model, shapes)
+    return shapes
+
+
+def _trace_variables(model):
     x = jax.ShapeDtypeStruct((1, *model.event_shape), np.int32)
     labels = jax.ShapeDtypeStruct((1,), np.int32) if model.num_classes else None
     cond = None
@@ -265,8 +278,6 @@ def abstract_variables(model):
         cond = jax.ShapeDtypeStruct((1, *model.cond_shape), dtype)
     key = jax.random.key(0)
     with rng_context():
-        shapes = jax.eval_shape(
+        return jax.eval_shape(
             lambda x, labels, cond: model.init({"params": key, "dropout": key}, x, labels, cond),
             x, labels, cond)
-    remember_variables(model, shapes)
-    return shapes
