@@ -147,7 +147,7 @@ def test_gated_activation_spatial_conditioning_im2col_equals_plain():
 @pytest.mark.parametrize(
     "name,model",
     [
-        ("pixelcnn_pp", dict(features=8, num_resnets=1, num_mixtures=2, num_resolutions=2,
+        ("pixelcnn_pp", dict(features=8, num_resnets=1, num_mixtures=2, num_resolutions=1,
                              num_classes=2)),
         ("pixelsnail", dict(features=8, num_blocks=1, num_resnets=1, key_features=4,
                             value_features=4, num_mixtures=2, num_classes=2)),
@@ -156,7 +156,9 @@ def test_gated_activation_spatial_conditioning_im2col_equals_plain():
 def test_shifted_models_im2col_equal_plain(name, model):
     """PixelCNN++ / PixelSNAIL with conv_impl="im2col" (stride-1 shifted convolutions):
     the same log-likelihood and parameter gradients as plain, for the same parameters
-    (random ones: data-dependent init only takes statistics of these same layers' outputs)."""
+    (random ones: data-dependent init only takes statistics of these same layers' outputs).
+    One PixelCNN++ resolution holds every stride-1 layer kind; the strided and transposed
+    ones run as XLA's convolution whatever conv_impl says (`shifted_layers.WNConv`)."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 16, (4, 4, 4, 3)), jnp.int32)
     labels = jnp.asarray([0, 1, 1, 0])
