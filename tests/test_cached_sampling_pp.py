@@ -12,7 +12,7 @@ from flax import traverse_util
 from model_checks import decoder_call_params, tiny_config
 
 import jaxar
-from jaxar.models import base
+from jaxar.models import base, common
 from jaxar.sampling import loop
 
 PP = dict(features=8, num_resnets=1, num_mixtures=2)
@@ -84,9 +84,9 @@ BATCH = 4
 def _build(name, shape, levels, kwargs):
     cfg = tiny_config(name, shape, levels, **kwargs)
     model = jaxar.build_model(cfg)
-    # Random weights straight into the parameter tree (no data-dependent init compile).
-    shapes = jax.eval_shape(lambda: jaxar.init_variables(model, cfg, jax.random.key(0),
-                                                         cond=_codes(model, 4)))
+    # Random weights straight into the parameter tree (no data-dependent init compile),
+    # of the shapes check_variables compares (traced once per model).
+    shapes = common.abstract_variables(model)
     rng = np.random.default_rng(0)
     variables = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
     labels = None
