@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -21,6 +22,31 @@ def tiny_config(name, shape, num_levels, **model) -> ml_collections.ConfigDict:
             "train": {"init_batch_size": 4},
         }
     )
+
+
+def output_gradient(module, x, out_index, param_shift=0.0) -> np.ndarray:
+    """d module(x)[out_index].sum() / d x, the module initialized on x (key 0) with
+    `param_shift` added to every parameter (no accidental zero weights).
+
+    Jitted: one init and one gradient program per module and input shape, whatever the
+    index (the output is weighted by a 0/1 mask of the indexed elements; the other
+    outputs' gradients are multiplied by exact zeros).
+    """
+    variables = _shifted_init(module, x, param_shift)
+    mask = np.zeros(jax.eval_shape(module.apply, variables, x).shape, np.float32)
+    mask[out_index] = 1.0
+    return np.asarray(_masked_output_gradient(module, variables, x, mask))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _shifted_init(module, x, param_shift):
+    variables = module.init(jax.random.key(0), x)
+    return jax.tree.map(lambda p: p + param_shift, variables)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _masked_output_gradient(module, variables, x, mask):
+    return jax.grad(lambda x: jnp.sum(module.apply(variables, x) * mask))(x)
 
 
 def all_inputs(event_shape, num_levels) -> np.ndarray:

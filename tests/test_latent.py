@@ -2,6 +2,7 @@
 (encoded once per checkpoint), a top prior, a bottom prior conditioned on the top codes,
 and images sampled and completed through them from the CLI and from Python."""
 
+import functools
 import json
 import pathlib
 
@@ -82,7 +83,8 @@ def test_codes_are_the_vqvae_encoding_of_its_splits_and_are_reused(runs):
     assert meta["num_codes"] == 8 and meta["num_classes"] == 10
     cfg, model, variables, _ = jaxar.training.checkpoint.load_run(vq)
     _, test = data.load_splits(cfg)
-    top, bottom = model.apply(variables, test.get(np.arange(5))["x"], method=model.encode)
+    encode = jax.jit(functools.partial(model.apply, method=model.encode))  # eagerly: op by op
+    top, bottom = encode(variables, test.get(np.arange(5))["x"])
     with np.load(codes_data.split_file(vq, "test")) as stored:
         np.testing.assert_array_equal(stored["top"][:5], np.asarray(top))
         np.testing.assert_array_equal(stored["bottom"][:5], np.asarray(bottom))

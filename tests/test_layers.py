@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_checks import output_gradient
 
 from jaxar.nn import layers
 
@@ -12,13 +13,7 @@ H, W = 5, 6
 
 def dependence(module, x, i, j, out_feature):
     """|d out[0, i, j, out_feature] / d x[0]| > 0 as a boolean [H, W, C_in] map."""
-    variables = module.init(jax.random.key(0), x)
-    variables = jax.tree.map(lambda p: p + 0.5, variables)  # no accidental zero weights
-
-    def out(x):
-        return module.apply(variables, x)[0, i, j, out_feature]
-
-    return np.abs(np.asarray(jax.grad(out)(x))[0]) > 0
+    return np.abs(output_gradient(module, x, (0, i, j, out_feature), param_shift=0.5)[0]) > 0
 
 
 def raster_before(i, j):

@@ -1,5 +1,7 @@
 """MADE, PixelCNN and Gated PixelCNN: causality at full size, family specifics, input checks."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -46,6 +48,7 @@ def test_batchnorm_in_training_mode_leaks_future_pixels():
     variables = jaxar.init_variables(model, cfg, jax.random.key(0))
     x = np.zeros((4, 4, 4, 1), np.int32)
 
+    @functools.partial(jax.jit, static_argnums=1)  # eagerly: a program per op
     def first_pixel_logit(x, train):
         out = model.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
         return (out[0] if train else out)[0, 0, 0, 0, 0]

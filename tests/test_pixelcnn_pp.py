@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from model_checks import (
     check_causal_perturbation,
+    output_gradient,
     tiny_config,
 )
 from PIL import Image
@@ -31,12 +32,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=4, num_resnets=1, num_resolutions=2, num_mixtures=2)
 
 
-def _apply_grad(module, x, out_index):
-    """d output[out_index].sum() / d x for a freshly initialized module."""
-    variables = module.init(jax.random.key(0), x)
-    return np.asarray(jax.grad(lambda x: module.apply(variables, x)[out_index].sum())(x))
-
-
 SHIFTED = [
     # (layer, output pixel, input pixels it may see: (rows, cols) as predicates)
     ("down", lambda: sl.down_shifted_conv(2), (3, 3), lambda i, j: i <= 3),
@@ -53,7 +48,7 @@ SHIFTED = [
 @pytest.mark.parametrize("name,make,out,allowed", SHIFTED, ids=[s[0] for s in SHIFTED])
 def test_shifted_layers_see_only_what_their_docstrings_say(name, make, out, allowed):
     x = jax.random.normal(jax.random.key(1), (1, 6, 6, 2))
-    grad = _apply_grad(make(), x, (0, *out))
+    grad = output_gradient(make(), x, (0, *out))
     seen = np.abs(grad).sum(-1)[0] > 0
     rows, cols = np.indices(seen.shape)
     assert not seen[~allowed(rows, cols)].any(), seen.astype(int)
@@ -64,7 +59,7 @@ def test_up_left_stream_sees_only_earlier_pixels():
     x = jax.random.normal(jax.random.key(1), (1, 5, 5, 2))
     module = _UpLeft()
     for i, j in [(0, 0), (2, 3), (4, 0)]:
-        seen = np.abs(_apply_grad(module, x, (0, i, j))).sum(-1)[0] > 0
+        seen = np.abs(output_gradient(module, x, (0, i, j))).sum(-1)[0] > 0
         flat = np.flatnonzero(seen.ravel())
         assert (flat < i * 5 + j).all(), (i, j, seen.astype(int))
         assert (i, j) == (0, 0) or flat.size

@@ -50,7 +50,8 @@ def test_attention_sees_exactly_the_earlier_pixels():
     steps = pixelsnail.pixel_steps("custom", 4, 4, CUSTOM_4x4)
     q, k, v = jax.random.normal(jax.random.key(0), (3, 1, 4, 4, 4))
     out = lambda k, v: pixelsnail.causal_attention(q, k, v, steps, 2)[0].sum(-1)
-    jac_k, jac_v = jax.jacrev(out, (0, 1))(k, v)  # [4, 4 (output), 1, 4, 4, 4 (input)]
+    # [4, 4 (output), 1, 4, 4, 4 (input)]; jitted (op by op: a program per op)
+    jac_k, jac_v = jax.jit(jax.jacrev(out, (0, 1)))(k, v)
     seen = (np.abs(np.asarray(jac_k)) + np.abs(np.asarray(jac_v))).sum((2, 5)) > 0
     for i, j in np.ndindex(4, 4):
         np.testing.assert_array_equal(seen[i, j], steps < steps[i, j], err_msg=f"{i, j}")

@@ -141,11 +141,13 @@ def test_encode_and_decode_shapes_and_values():
                            variables, top, bottom)
     assert image.shape == (3, 28, 28, 1)
     model, variables, x = tiny_model()
-    top, bottom = model.apply(variables, x, method=model.encode)
+    # Jitted (op by op, each op would compile a program of its own).
+    top, bottom = jax.jit(functools.partial(model.apply, method=model.encode))(variables, x)
     assert top.shape == (4, 2, 2) and bottom.shape == (4, 4, 4)
     assert 0 <= top.min() and top.max() < 8
-    decoded = model.apply(variables, top, bottom, method=model.decode_codes)
-    np.testing.assert_allclose(decoded, model.apply(variables, x), atol=1e-5)
+    decode = jax.jit(functools.partial(model.apply, method=model.decode_codes))
+    np.testing.assert_allclose(decode(variables, top, bottom), jax.jit(model.apply)(variables, x),
+                               atol=1e-5)
 
 
 def test_loss_and_summarize_values():
@@ -249,7 +251,7 @@ def test_reconstruct_levels_and_preview():
     grid, cols = model.preview(variables, jax.random.key(0), 3, examples, sample=None)
     assert cols == 3 and grid.shape == (6, 8, 8, 1)
     np.testing.assert_array_equal(grid[:3], np.asarray(x)[:3])
-    recon = model.reconstruct_levels(model.apply(variables, x[:3]))
+    recon = model.reconstruct_levels(jax.jit(model.apply)(variables, x[:3]))
     np.testing.assert_array_equal(grid[3:], recon)
     grid, cols = model.preview(variables, jax.random.key(0), 16, examples, sample=None)
     assert cols == 4 and grid.shape == (8, 8, 8, 1)  # only 4 examples to show

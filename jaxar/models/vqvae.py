@@ -19,6 +19,7 @@ False`): it has no sampler; its codes are the data of an autoregressive prior.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -286,8 +287,15 @@ class VQVAE(base.Model):
         """The first `num` examples in one row above their reconstructions."""
         del key, sample
         x = np.asarray(examples["x"])[:num].astype(np.int32)
-        recon = self.reconstruct_levels(self.apply(variables, jnp.asarray(x)))
+        recon = _reconstruction(self, variables, x)
         return np.concatenate([x, np.asarray(recon)]), x.shape[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruction(model: VQVAE, variables, x):
+    """The preview's reconstructions, one compiled program (op by op, every layer's ops
+    would compile one each)."""
+    return model.reconstruct_levels(model.apply(variables, x))
 
 
 def check_config(f: dict, given: frozenset) -> None:
