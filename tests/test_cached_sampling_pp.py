@@ -88,7 +88,8 @@ def _build(name, shape, levels, kwargs):
     # of the shapes check_variables compares (traced once per model).
     shapes = common.abstract_variables(model)
     rng = np.random.default_rng(0)
-    variables = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+    variables = jax.tree.map(
+        lambda s: jax.device_put((0.3 * rng.normal(size=s.shape)).astype(s.dtype)), shapes)
     labels = None
     if model.num_classes:
         labels = jnp.asarray(rng.integers(0, model.num_classes, BATCH), jnp.int32)

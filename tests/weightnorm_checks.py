@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxar.models import common
@@ -20,7 +19,8 @@ def random_variables(model, seed=0, scale=0.5):
     """
     shapes = common.abstract_variables(model)  # also what check_variables compares
     rng = np.random.default_rng(seed)
-    noise = lambda s: jnp.asarray((scale * rng.standard_normal(s.shape)).astype(s.dtype))
+    # device_put: jnp.asarray of a host array compiles a program per shape under jax 0.12.
+    noise = lambda s: jax.device_put((scale * rng.standard_normal(s.shape)).astype(s.dtype))
     return jax.tree.map(noise, shapes)
 
 
