@@ -7,12 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import weightnorm_checks
 from flax import linen as nn
 from flax import traverse_util
 from model_checks import decoder_call_params, tiny_config
 
 import jaxar
-from jaxar.models import base, common
+from jaxar.models import base
 from jaxar.sampling import loop
 
 PP = dict(features=8, num_resnets=1, num_mixtures=2)
@@ -84,14 +85,11 @@ BATCH = 4
 def _build(name, shape, levels, kwargs):
     cfg = tiny_config(name, shape, levels, **kwargs)
     model = jaxar.build_model(cfg)
-    # Random weights straight into the parameter tree (no data-dependent init compile),
-    # of the shapes check_variables compares (traced once per model).
-    shapes = common.abstract_variables(model)
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: jax.device_put((0.3 * rng.normal(size=s.shape)).astype(s.dtype)), shapes)
+    # Random weights straight into the parameter tree (no data-dependent init compile).
+    variables = weightnorm_checks.random_variables(model, scale=0.3)
     labels = None
     if model.num_classes:
+        rng = np.random.default_rng(1)
         labels = jnp.asarray(rng.integers(0, model.num_classes, BATCH), jnp.int32)
     return model, variables, labels
 
