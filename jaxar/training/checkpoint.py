@@ -50,23 +50,33 @@ log = logging.getLogger(__name__)
 
 class _OneLineOrbaxErrors(logging.Filter):
     """Orbax logs the traceback of a failed background save or restore (which jaxar then
-    reports itself, in one line): its records keep their message and the error's line."""
+    reports itself, in one line), and asyncio the tracebacks of the tasks of its abandoned
+    reads that failed too ("Task exception was never retrieved", with the task's repr on
+    a second line): their records keep their first line and the error's line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and "orbax" in record.pathname:
+        if record.exc_info and (record.name == "asyncio" or "orbax" in record.pathname):
             error = record.exc_info[1]
-            record.msg = f"{record.getMessage()} ({one_line(error, 200)})"
+            first_line = record.getMessage().split("\n", 1)[0]
+            record.msg = f"{first_line} ({one_line(error, 200)})"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 
-def _drop_closed_event_loop(info) -> None:
-    """After a failed save or restore, tensorstore's callbacks may reach the event loop
-    orbax already closed: each would print a bare "Event loop is closed" traceback.
-    Only those are dropped; anything else goes to the hook that was installed before."""
-    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
-        return
-    _drop_closed_event_loop.previous(info)
+def _drop_abandoned_io_reports(info) -> None:
+    """Drops what a failed save or restore leaves behind, which Python would print as bare
+    tracebacks after the failure was handled: tensorstore's callbacks reaching the event
+    loop orbax already closed ("Event loop is closed"), and orbax's coroutines of the
+    abandoned operation (the other arrays' reads still in flight when one failed), which
+    raise an error of their own when the garbage collector closes them unfinished.
+    Anything else goes to the hook that was installed before."""
+    error = info.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    code = getattr(info.object, "cr_code", None)
+    abandoned = (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+                 and isinstance(error.__cause__ or error.__context__, GeneratorExit))
+    if not (closed_loop or abandoned):
+        _drop_abandoned_io_reports.previous(info)
 
 
 _ONE_LINE_FILTER = _OneLineOrbaxErrors()
@@ -74,15 +84,15 @@ _ONE_LINE_FILTER = _OneLineOrbaxErrors()
 
 def quiet_orbax_errors() -> None:
     """Makes orbax's failures one line each: its logged tracebacks shortened (on the
-    "absl" logger it logs through) and the "Event loop is closed" tracebacks of its
-    closed event loop dropped (`sys.unraisablehook`). Idempotent; every reader and
-    writer of checkpoints calls it."""
-    absl_logger = logging.getLogger("absl")
-    if _ONE_LINE_FILTER not in absl_logger.filters:
-        absl_logger.addFilter(_ONE_LINE_FILTER)
-    if sys.unraisablehook is not _drop_closed_event_loop:
-        _drop_closed_event_loop.previous = sys.unraisablehook
-        sys.unraisablehook = _drop_closed_event_loop
+    "absl" logger it logs through, and asyncio's of its tasks) and the tracebacks that a
+    failed save or restore leaves behind dropped (`sys.unraisablehook`). Idempotent;
+    every reader and writer of checkpoints calls it."""
+    for logger in map(logging.getLogger, ("absl", "asyncio")):
+        if _ONE_LINE_FILTER not in logger.filters:
+            logger.addFilter(_ONE_LINE_FILTER)
+    if sys.unraisablehook is not _drop_abandoned_io_reports:
+        _drop_abandoned_io_reports.previous = sys.unraisablehook
+        sys.unraisablehook = _drop_abandoned_io_reports
 
 
 class Restored(NamedTuple):
