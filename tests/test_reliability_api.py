@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model_checks import tiny_config
+
 import jaxar
 from jaxar import models, sampling
 from jaxar.cli import train as train_cli
 from jaxar.data import images
 from jaxar.models import common
+from jaxar.nn import shifted_layers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MADE_SMOKE = str(ROOT / "experiments" / "made_mnist.py:smoke")
@@ -87,6 +90,39 @@ def test_the_traced_variable_tree_equals_what_init_returned(made):
     assert again == model and again is not model
     assert common.abstract_variables(again) is common.abstract_variables(model)
     assert common._SHAPES[model] == traced
+
+
+@pytest.mark.parametrize("name,shape,levels,kwargs", [
+    ("pixelcnn_pp", (4, 4, 3), 8, dict(features=4, num_resnets=1, num_resolutions=2,
+                                       num_mixtures=2, num_classes=2)),
+    ("pixelsnail", (4, 4, 1), 8, dict(features=4, num_blocks=2, num_resnets=1,
+                                      key_features=4, value_features=4,
+                                      likelihood="categorical", cond_shape=(2, 2, 1),
+                                      cond_levels=3, num_classes=2)),
+])
+def test_abstract_variables_equal_the_shapes_of_a_real_init(name, shape, levels, kwargs):
+    """abstract_variables traces the init without its values (no initializers, no
+    data-dependent statistics: `shifted_layers.abstract_init`): the same tree, shapes and
+    dtypes as the init that computes them, from a trace of at most 60% of its size."""
+    model = jaxar.build_model(tiny_config(name, shape, levels, **kwargs))
+    common._ABSTRACT.pop(model, None)
+    abstract = common.abstract_variables(model)
+    x = np.zeros((1, *shape), np.int32)
+    labels = np.zeros((1,), np.int32)
+    cond = np.zeros((1, *model.cond_shape), np.int32) if model.cond_shape else None
+    def init():  # a new function each time: jax keeps one trace per function
+        return lambda x, labels, cond: model.init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(0)}, x, labels, cond)
+
+    with common.rng_context():
+        real = jax.eval_shape(init(), x, labels, cond)
+        real_eqns = len(jax.make_jaxpr(init())(x, labels, cond).eqns)
+        with shifted_layers.abstract_init():
+            abstract_eqns = len(jax.make_jaxpr(init())(x, labels, cond).eqns)
+    assert jax.tree.structure(abstract) == jax.tree.structure(real)
+    for got, want in zip(jax.tree.leaves(abstract), jax.tree.leaves(real), strict=True):
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    assert abstract_eqns < 0.6 * real_eqns, (abstract_eqns, real_eqns)
 
 
 # --- one decoding path for every image --------------------------------------------------------

@@ -12,6 +12,8 @@ import flax
 import jax
 import numpy as np
 
+from jaxar.nn import shifted_layers
+
 
 def rng_context():
     """Where random numbers are drawn inside jit: non-partitionable threefry on CPU.
@@ -277,7 +279,7 @@ def _trace_variables(model):
         dtype = np.int32 if model.cond_levels else np.float32
         cond = jax.ShapeDtypeStruct((1, *model.cond_shape), dtype)
     key = jax.random.key(0)
-    with rng_context():
+    with rng_context(), shifted_layers.abstract_init():
         return jax.eval_shape(
             lambda x, labels, cond: model.init({"params": key, "dropout": key}, x, labels, cond),
             x, labels, cond)

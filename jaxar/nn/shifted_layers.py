@@ -19,6 +19,8 @@ proves it with gradients.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 
@@ -79,14 +81,35 @@ def dropout(key, x: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+_ABSTRACT_INIT = contextvars.ContextVar("jaxar_abstract_init", default=False)
+
+
+@contextlib.contextmanager
+def abstract_init():
+    """Within it, an `init` traced only for its variables' shapes and dtypes (under
+    `jax.eval_shape`) computes no initial values: the initializers of these layers are
+    zeros and data-dependent init takes no statistics. Half the tracing of a weight-
+    normalized model's init, for values nobody reads."""
+    token = _ABSTRACT_INIT.set(True)
+    try:
+        yield
+    finally:
+        _ABSTRACT_INIT.reset(token)
+
+
+def _computes_initial_values(module: nn.Module) -> bool:
+    return module.is_initializing() and not _ABSTRACT_INIT.get()
+
+
 def shape_only(module: nn.Module, init):
-    """`init`, while `module` initializes; else zeros of the same shape.
+    """`init`, while `module` initializes (outside `abstract_init`); else zeros of the
+    same shape and dtype.
 
     Flax traces a parameter's initializer on every apply to check the stored shape
     (`jax.eval_shape`); a direction's hash and Box-Muller cost a few ms of tracing per
     layer, seconds for a paper-sized model, for values nobody uses.
     """
-    return init if module.is_initializing() else nn.initializers.zeros
+    return init if _computes_initial_values(module) else nn.initializers.zeros
 
 
 def _label_init(key, shape, dtype=jnp.float32) -> jax.Array:
@@ -106,8 +129,10 @@ def wn_affine(y: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
 
 def _data_dependent_affine(module: nn.Module, y: jax.Array, init_scale: float) -> jax.Array:
     """`y * g + b`; at init g, b make every feature of y zero-mean with std `init_scale`."""
-    g_init = b_init = nn.initializers.zeros  # only used when the params already exist
-    if module.is_initializing():
+    # Zeros of y's dtype (what the statistics would have) only where no value is read:
+    # the params already exist, or the init is abstract.
+    g_init = b_init = lambda *_: jnp.zeros(y.shape[-1:], y.dtype)
+    if _computes_initial_values(module):
         axes = tuple(range(y.ndim - 1))
         scale = init_scale / jnp.sqrt(jnp.var(y, axis=axes) + INIT_EPS)
         shift = -jnp.mean(y, axis=axes) * scale
