@@ -4,8 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_checks import output_gradient
+from flax import errors as flax_errors
+from flax.core import scope as flax_scope
+from model_checks import output_gradient, tiny_config
 
+import jaxar
 from jaxar.nn import layers
 
 H, W = 5, 6
@@ -106,3 +109,30 @@ def test_gated_activation_values_and_conditioning():
     gate = layers.GatedActivation()
     variables = gate.init(jax.random.key(0), x, h)
     assert not np.allclose(gate.apply(variables, x, h), out)  # the class bias is used
+
+
+def test_existing_parameters_are_read_without_tracing_their_initializers(monkeypatch):
+    """`layers.param` reads a parameter that exists and checks its shape itself: an apply
+    of a weight-normalized model makes no call to flax's `param` (a `jax.eval_shape` of
+    the initializer per parameter), and a parameter of the wrong shape is still refused
+    with flax's error naming it."""
+    model = jaxar.build_model(tiny_config("pixelcnn_pp", (4, 4, 3), 8, features=4,
+                                          num_resnets=1, num_resolutions=2, num_mixtures=2))
+    variables = jaxar.models.common.abstract_variables(model)
+    x = jax.ShapeDtypeStruct((2, 4, 4, 3), np.int32)
+    flax_params, flax_param = [], flax_scope.Scope.param
+
+    def counted(scope, name, *args, **kwargs):
+        flax_params.append(name)
+        return flax_param(scope, name, *args, **kwargs)
+
+    monkeypatch.setattr(flax_scope.Scope, "param", counted)
+    out = jax.eval_shape(model.apply, variables, x)
+    assert out.shape == (2, 4, 4, model.likelihood.num_params()) and flax_params == []
+    kernel = variables["params"]["down0_u_res0"]["conv_in"]["v"]
+    wrong = jax.ShapeDtypeStruct((*kernel.shape[:-1], kernel.shape[-1] + 1), kernel.dtype)
+    bad = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: wrong if leaf is kernel else leaf, variables)
+    with pytest.raises(flax_errors.ScopeParamShapeError,
+                       match=r'"v" in "/down0_u_res0/conv_in"'):
+        jax.eval_shape(model.apply, bad, x)

@@ -11,9 +11,8 @@ import flax
 import jax
 import numpy as np
 import pytest
-from PIL import Image
-
 from model_checks import tiny_config
+from PIL import Image
 
 import jaxar
 from jaxar import models, sampling

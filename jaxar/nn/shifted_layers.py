@@ -102,13 +102,9 @@ def _computes_initial_values(module: nn.Module) -> bool:
 
 
 def shape_only(module: nn.Module, init):
-    """`init`, while `module` initializes (outside `abstract_init`); else zeros of the
-    same shape and dtype.
-
-    Flax traces a parameter's initializer on every apply to check the stored shape
-    (`jax.eval_shape`); a direction's hash and Box-Muller cost a few ms of tracing per
-    layer, seconds for a paper-sized model, for values nobody uses.
-    """
+    """`init` where `module` computes initial values; zeros of the same shape and dtype
+    under `abstract_init`, where a direction's hash and Box-Muller would cost a few ms of
+    tracing per layer (seconds for a paper-sized model) for values nobody reads."""
     return init if _computes_initial_values(module) else nn.initializers.zeros
 
 
@@ -129,16 +125,15 @@ def wn_affine(y: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
 
 def _data_dependent_affine(module: nn.Module, y: jax.Array, init_scale: float) -> jax.Array:
     """`y * g + b`; at init g, b make every feature of y zero-mean with std `init_scale`."""
-    # Zeros of y's dtype (what the statistics would have) only where no value is read:
-    # the params already exist, or the init is abstract.
+    # Under abstract_init: zeros of y's dtype, the dtype the statistics would have.
     g_init = b_init = lambda *_: jnp.zeros(y.shape[-1:], y.dtype)
     if _computes_initial_values(module):
         axes = tuple(range(y.ndim - 1))
         scale = init_scale / jnp.sqrt(jnp.var(y, axis=axes) + INIT_EPS)
         shift = -jnp.mean(y, axis=axes) * scale
         g_init, b_init = (lambda *_: scale), (lambda *_: shift)
-    g = module.param("g", g_init, (y.shape[-1],))
-    b = module.param("b", b_init, (y.shape[-1],))
+    g = layers.param(module, "g", g_init, (y.shape[-1],))
+    b = layers.param(module, "b", b_init, (y.shape[-1],))
     return wn_affine(y, g, b)
 
 
@@ -290,8 +285,8 @@ class WNConv(nn.Module):
 
     def _direction(self, in_features: int) -> jax.Array:
         geom = self.geometry
-        return self.param("v", shape_only(self, direction_init),
-                          (geom.kh, geom.kw, in_features, self.features))
+        return layers.param(self, "v", shape_only(self, direction_init),
+                            (geom.kh, geom.kw, in_features, self.features))
 
     def _decode(self, x_BHWC, output):
         geom, rows = self.geometry, self.decodes_rows
@@ -365,7 +360,8 @@ class WNDense(nn.Module):
 
     @nn.compact
     def __call__(self, x_NC: jax.Array) -> jax.Array:
-        v = self.param("v", shape_only(self, direction_init), (x_NC.shape[-1], self.features))
+        v = layers.param(self, "v", shape_only(self, direction_init),
+                         (x_NC.shape[-1], self.features))
         return _data_dependent_affine(self, x_NC @ wn_kernel(v), self.init_scale)
 
 
