@@ -143,6 +143,7 @@ def main(argv):
     except train.RunFailed as err:  # a failed write or read, or a diverged loss
         _exit(f"jaxar.cli.train: error: {err}", 1)
     except train.Preempted as err:  # saved: one line, 128 + the signal's number
+        sharding.leave_distributed()  # every process stopped at the same step
         _exit(f"jaxar.cli.train: {err}", err.exit_code)
     except KeyboardInterrupt:  # a second signal: nothing saved, nothing damaged
         _exit("jaxar.cli.train: interrupted: stopped without saving; a re-run resumes "

@@ -17,6 +17,7 @@ import glob
 import math
 import os
 import pathlib
+import threading
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -225,3 +226,19 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def leave_distributed(timeout_s: float = 30.0) -> None:
+    """Leaves a multi-process JAX system together with the other processes, before a
+    process ends with `os._exit` (which skips JAX's own shutdown at exit): process 0
+    hosts the coordination service, and ending it while another process still runs
+    makes that process log the service's error after its last line. Every process must
+    call it (as after a preemption, which they all reach at one step); a process whose
+    peers never arrive gives up after `timeout_s`. Does nothing in a single process."""
+    from jax._src import distributed  # noqa: PLC0415 (its public face raises when absent)
+
+    if distributed.global_state.client is None:
+        return
+    leaving = threading.Thread(target=jax.distributed.shutdown, daemon=True)
+    leaving.start()
+    leaving.join(timeout_s)
