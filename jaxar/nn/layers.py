@@ -32,9 +32,9 @@ def param(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...]) 
     """`module.param(name, init, shape)`, the way every layer here creates a parameter.
 
     A parameter that exists (every apply) is read and its shape compared to `shape`
-    directly: flax's `param` checks it with a `jax.eval_shape` of `init` instead, a few
-    ms of tracing per parameter on every apply (half the trace of a PixelCNN++ forward
-    pass). A wrong shape raises flax's `ScopeParamShapeError` either way.
+    directly: flax's `param` would trace `init` under `jax.eval_shape` on every apply
+    only to learn that shape. A wrong shape raises flax's `ScopeParamShapeError` either
+    way.
     """
     if module.is_initializing() or not module.has_variable("params", name):
         return module.param(name, init, shape)

@@ -88,8 +88,8 @@ _ABSTRACT_INIT = contextvars.ContextVar("jaxar_abstract_init", default=False)
 def abstract_init():
     """Within it, an `init` traced only for its variables' shapes and dtypes (under
     `jax.eval_shape`) computes no initial values: the initializers of these layers are
-    zeros and data-dependent init takes no statistics. Half the tracing of a weight-
-    normalized model's init, for values nobody reads."""
+    zeros and data-dependent init takes no statistics, whose tracing would be spent on
+    values nobody reads."""
     token = _ABSTRACT_INIT.set(True)
     try:
         yield
@@ -103,8 +103,8 @@ def _computes_initial_values(module: nn.Module) -> bool:
 
 def shape_only(module: nn.Module, init):
     """`init` where `module` computes initial values; zeros of the same shape and dtype
-    under `abstract_init`, where a direction's hash and Box-Muller would cost a few ms of
-    tracing per layer (seconds for a paper-sized model) for values nobody reads."""
+    under `abstract_init`, where tracing a direction's hash and Box-Muller would be spent
+    on values nobody reads."""
     return init if _computes_initial_values(module) else nn.initializers.zeros
 
 
